@@ -17,7 +17,7 @@ setup: $(VENV)/.glimpse-setup
 
 $(VENV)/.glimpse-setup: pyproject.toml $(KERNEL_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade "pip>=24" "setuptools>=68,<80" wheel
+	$(PIP) install --quiet "setuptools>=68,<80" wheel
 	$(PIP) install --quiet $(TORCH_PINS)
 	# The pins ride along so that no resolver can swap torch for another build.
 	$(PIP) install --quiet -e ".[dev]" $(TORCH_PINS)
