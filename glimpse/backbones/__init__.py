@@ -1,1 +1,19 @@
+"""Backbones returning the C2..C5 feature dict of the backbone contract (ResNet, ResNeXt)."""
 
+from glimpse.backbones.resnet import (
+    ResNet,
+    resnet50,
+    resnet101,
+    resnet_slim,
+    resnext50_32x4d,
+    resnext101_32x4d,
+)
+
+__all__ = [
+    "ResNet",
+    "resnet50",
+    "resnet101",
+    "resnext50_32x4d",
+    "resnext101_32x4d",
+    "resnet_slim",
+]
