@@ -1,0 +1,109 @@
+"""``build_dataset(name, split=..., train=...)``: the named detection data sets of glimpse.
+
+=================  ==========================================================  ==============
+name               data                                                        image scale
+=================  ==========================================================  ==============
+synthetic-smoke    generated shapes, 128 px, 200 train / 50 val, with sem_seg  (128, 128)
+synthetic-cpu      generated shapes, 256 px, 800 train / 200 val, with sem_seg (256, 256)
+coco               official COCO 2017 under ``data_root`` (default data/coco)   (1333, 800)
+coco128            the first 128 COCO train2017 images, split by image id      (640, 640)
+=================  ==========================================================  ==============
+
+Training datasets (``train=True``) flip horizontally with probability 0.5 and skip images
+without a usable instance; evaluation datasets do neither.
+
+COCO128 has no validation set, so glimpse fixes one: with the images sorted by id, the last
+:data:`COCO128_NUM_VAL` (16: ids 590 .. 650) are ``val`` and the other 112 are ``train``. Both
+splits read the same JSON; ``dataset.coco`` is the whole file and ``dataset.ids`` the split, so
+evaluation restricts COCOeval with ``params.imgIds = dataset.ids``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from glimpse.data.coco import CocoDetection, DatasetError, load_coco_json
+from glimpse.data.synthetic import PROFILES, ensure_synthetic
+from glimpse.data.transforms import RandomHorizontalFlip
+
+__all__ = ["DATASET_NAMES", "COCO128_NUM_VAL", "build_dataset", "coco128_split", "repo_root"]
+
+DATASET_NAMES = ("synthetic-smoke", "synthetic-cpu", "coco", "coco128")
+COCO128_NUM_VAL = 16
+
+_IMAGE_SCALES = {
+    "synthetic-smoke": (128, 128),
+    "synthetic-cpu": (256, 256),
+    "coco": (1333, 800),  # mmdetection's 1x schedule scale, used by all four papers
+    "coco128": (640, 640),  # COCO128 images are at most 640 px; keep them at native size
+}
+
+
+def repo_root() -> Path:
+    """The checkout holding the ``glimpse`` package (its ``data/`` folder lives there)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def coco128_split(ann_file: str | os.PathLike, split: str) -> list[int]:
+    """Image ids of the fixed COCO128 split: the last 16 ids (sorted) are val, the rest train."""
+    ids = sorted(im["id"] for im in load_coco_json(ann_file)["images"])
+    return ids[-COCO128_NUM_VAL:] if split == "val" else ids[:-COCO128_NUM_VAL]
+
+
+def _require(path: Path, what: str, name: str) -> Path:
+    if not path.exists():
+        raise DatasetError(f"{path}: {what} of dataset {name!r} not found (pass --data-root / "
+                           f"data_root=...; see data/README.md for the expected layout)")
+    return path
+
+
+def build_dataset(name: str, *, split: str = "train", data_root: str | os.PathLike | None = None,
+                  train: bool = True, with_masks: bool = True) -> CocoDetection:
+    """Build one of :data:`DATASET_NAMES`.
+
+    Args:
+        name: the data set.
+        split: "train" or "val".
+        data_root: where the data lives. ``coco``: the folder with ``train2017/``,
+            ``val2017/``, ``annotations/`` and optionally ``stuffthingmaps/`` (default
+            ``<repo>/data/coco``); ``coco128``: the folder with ``train2017/`` and
+            ``annotations/`` (default ``<repo>/../shared/data/coco128``); synthetic sets: the
+            cache root instead of ``<repo>/data/generated``.
+        train: training pipeline (random flip, skip images without instances) or evaluation.
+        with_masks: decode instance masks.
+
+    Returns:
+        a :class:`CocoDetection` with ``.name`` and ``.default_image_scale`` set.
+    """
+    if name not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    kwargs = dict(transforms=RandomHorizontalFlip(0.5) if train else None,
+                  with_masks=with_masks, skip_empty=train)
+    if name in PROFILES:
+        paths = ensure_synthetic(name, split, root=data_root)
+        ds = CocoDetection(paths.image_dir, paths.ann_file, sem_seg_dir=paths.sem_seg_dir,
+                           **kwargs)
+    elif name == "coco":
+        root = Path(data_root) if data_root else repo_root() / "data" / "coco"
+        _require(root, "root folder", name)
+        ann = _require(root / "annotations" / f"instances_{split}2017.json", "annotation file",
+                       name)
+        image_dir = _require(root / f"{split}2017", "image folder", name)
+        stuff = root / "stuffthingmaps" / f"{split}2017"
+        ds = CocoDetection(image_dir, ann, sem_seg_dir=stuff if stuff.is_dir() else None,
+                           **kwargs)
+    else:  # coco128
+        root = (Path(data_root) if data_root
+                else repo_root().parent / "shared" / "data" / "coco128")
+        _require(root, "root folder", name)
+        ann = _require(root / "annotations" / "instances_train2017.json", "annotation file",
+                       name)
+        image_dir = _require(root / "train2017", "image folder", name)
+        ds = CocoDetection(image_dir, ann, image_ids=coco128_split(ann, split), **kwargs)
+    ds.name = name
+    ds.split = split
+    ds.default_image_scale = _IMAGE_SCALES[name]
+    return ds

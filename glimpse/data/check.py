@@ -1,0 +1,176 @@
+"""``python -m glimpse data check --image-dir D --ann A``: report every problem of a COCO set.
+
+Unlike :class:`~glimpse.data.CocoDetection`, which stops at the first problem, the checker
+reads every image and lists each kind of problem with its count and a few examples. Exit code:
+0 when the data set is clean, 1 when it has problems, 2 when the annotation file itself cannot
+be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from glimpse.data.coco import DatasetError, find_structure_problems, load_coco_json
+
+__all__ = ["CheckReport", "check_coco", "main"]
+
+_MAX_EXAMPLES = 5
+# Boxes may stick out of the image by rounding; COCO's own boxes stay within this.
+_OUTSIDE_TOLERANCE = 1.0
+
+
+@dataclass
+class CheckReport:
+    """Problems of a COCO data set by kind (e.g. ``missing_image``), one message each.
+
+    Attributes:
+        ann_file / image_dir: what was checked.
+        num_images / num_annotations: sizes read from the JSON.
+        problems: kind -> every message of that kind.
+    """
+
+    ann_file: Path
+    image_dir: Path
+    num_images: int = 0
+    num_annotations: int = 0
+    problems: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+    def counts(self) -> dict[str, int]:
+        """kind -> number of occurrences."""
+        return {k: len(v) for k, v in self.problems.items()}
+
+    def add(self, kind: str, message: str) -> None:
+        self.problems.setdefault(kind, []).append(message)
+
+    def format(self, max_examples: int = _MAX_EXAMPLES) -> str:
+        """A human-readable report: counts per kind and up to ``max_examples`` examples each."""
+        head = (f"{self.ann_file}: {self.num_images} images, {self.num_annotations} annotations, "
+                f"images under {self.image_dir}")
+        if self.ok:
+            return f"{head}\nOK: no problems found"
+        total = sum(self.counts().values())
+        lines = [head, f"{total} problem(s) of {len(self.problems)} kind(s):"]
+        for kind in sorted(self.problems):
+            msgs = self.problems[kind]
+            lines.append(f"  {kind}: {len(msgs)}")
+            lines += [f"    - {m}" for m in msgs[:max_examples]]
+            if len(msgs) > max_examples:
+                lines.append(f"    ... and {len(msgs) - max_examples} more")
+        return "\n".join(lines)
+
+
+def _check_image(report: CheckReport, image_dir: Path, im: dict, decode: bool) -> None:
+    path = image_dir / str(im["file_name"])
+    where = f"{path} (image id {im['id']})"
+    if not path.is_file():
+        report.add("missing_image", f"{where}: file not found")
+        return
+    try:
+        with Image.open(path) as img:
+            if decode:
+                img.load()
+            size = (img.height, img.width)
+            expected = (im["height"], im["width"])
+            if size != expected:
+                rotated = ImageOps.exif_transpose(img) if decode else img
+                if (rotated.height, rotated.width) != expected:
+                    report.add("size_mismatch", f"{where}: image is {size[0]}x{size[1]} (HxW), "
+                                                f"JSON says {expected[0]}x{expected[1]}")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        report.add("unreadable_image", f"{where}: {e}")
+
+
+def check_coco(image_dir: str | Path, ann_file: str | Path, *, decode: bool = True) -> CheckReport:
+    """Validate a COCO instances data set and collect every problem.
+
+    Kinds reported: those of :func:`~glimpse.data.coco.find_structure_problems`
+    (``missing_keys``, ``duplicate_image_id``, ``duplicate_annotation_id``,
+    ``duplicate_category_id``, ``unknown_image_id``, ``unknown_category_id``, ``bad_bbox``)
+    plus ``missing_image``, ``unreadable_image``, ``size_mismatch``, ``zero_area_box``
+    (width or height <= 0), ``box_outside_image`` (more than 1 px beyond the image border),
+    ``non_finite_box``.
+
+    Args:
+        image_dir: folder of the images' ``file_name``.
+        ann_file: the COCO JSON.
+        decode: fully decode each image (finds truncated files; slower). ``False`` reads only
+            the headers.
+
+    Raises:
+        DatasetError: the annotation file is missing, is not JSON or lacks ``images`` /
+            ``categories``.
+    """
+    image_dir, ann_file = Path(image_dir), Path(ann_file)
+    data = load_coco_json(ann_file)
+    report = CheckReport(ann_file, image_dir, len(data["images"]), len(data["annotations"]))
+    report.problems.update(find_structure_problems(data))
+    if not image_dir.is_dir():
+        report.add("missing_image", f"{image_dir}: image folder not found")
+
+    images = {}
+    for im in data["images"]:
+        if not (isinstance(im, dict) and all(k in im for k in ("id", "file_name", "width",
+                                                                "height"))):
+            continue  # already reported as missing_keys
+        images.setdefault(im["id"], im)
+        if image_dir.is_dir():
+            _check_image(report, image_dir, im, decode)
+
+    for a in data["annotations"]:
+        box = a.get("bbox") if isinstance(a, dict) else None
+        if not (isinstance(box, list) and len(box) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+            continue  # reported as bad_bbox / missing_keys
+        where = f"annotation {a.get('id')} (image {a.get('image_id')})"
+        x, y, w, h = box
+        if not all(math.isfinite(v) for v in box):
+            report.add("non_finite_box", f"{where}: bbox {box}")
+            continue
+        if w <= 0 or h <= 0:
+            report.add("zero_area_box", f"{where}: bbox {box} has width or height <= 0")
+            continue
+        im = images.get(a.get("image_id"))
+        if im is None:
+            continue
+        tol = _OUTSIDE_TOLERANCE
+        if x < -tol or y < -tol or x + w > im["width"] + tol or y + h > im["height"] + tol:
+            report.add("box_outside_image", f"{where}: bbox {box} (xywh) exceeds the "
+                                            f"{im['width']}x{im['height']} (WxH) image")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m glimpse data check``; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m glimpse data",
+                                     description="Dataset tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="validate a COCO-format detection data set")
+    p.add_argument("--image-dir", required=True, type=Path, help="folder of the images")
+    p.add_argument("--ann", required=True, type=Path, help="COCO instances JSON")
+    p.add_argument("--fast", action="store_true",
+                   help="read only image headers (does not find truncated images)")
+    p.add_argument("--max-examples", type=int, default=_MAX_EXAMPLES,
+                   help="examples printed per kind of problem")
+    args = parser.parse_args(argv)
+    try:
+        report = check_coco(args.image_dir, args.ann, decode=not args.fast)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.format(args.max_examples))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
