@@ -1,0 +1,209 @@
+"""Losses as plain functions, with mmdetection v2's weighting and reduction semantics.
+
+Every loss computes an element-wise loss, multiplies it by an optional ``weight`` (broadcast to
+the element shape) and reduces it (:func:`weight_reduce`):
+
+* ``reduction="mean"`` without ``avg_factor``: mean over all elements;
+* ``reduction="mean"`` with ``avg_factor``: ``sum / (avg_factor + eps)``; the detectors use this
+  to normalise by the number of sampled anchors / RoIs, not by the number of elements;
+* ``reduction="sum"``: sum (an ``avg_factor`` is an error);
+* ``reduction="none"``: the weighted element-wise loss.
+
+Empty inputs give an exact, differentiable zero (``pred.sum() * 0``), so images without ground
+truth train with regression losses that are exactly 0.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import sigmoid_focal_loss as _tv_sigmoid_focal_loss
+
+__all__ = [
+    "weight_reduce",
+    "smooth_l1_loss",
+    "l1_loss",
+    "cross_entropy",
+    "binary_cross_entropy",
+    "sigmoid_focal_loss",
+    "mask_cross_entropy",
+    "accuracy",
+]
+
+Reduction = Literal["mean", "sum", "none"]
+
+# mmdet >= 2.18 adds float32 eps to avg_factor so that a zero factor gives 0 instead of nan
+_EPS = torch.finfo(torch.float32).eps
+
+
+def weight_reduce(
+    loss: Tensor,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    """Weight an element-wise loss and reduce it (mmdet ``weight_reduce_loss``)."""
+    if weight is not None:
+        loss = loss * weight
+    if reduction == "none":
+        return loss
+    if avg_factor is None:
+        return loss.sum() if reduction == "sum" else loss.mean() if loss.numel() else loss.sum()
+    if reduction == "sum":
+        raise ValueError('avg_factor cannot be used with reduction="sum"')
+    return loss.sum() / (avg_factor + _EPS)
+
+
+def smooth_l1_loss(
+    pred: Tensor,
+    target: Tensor,
+    beta: float = 1.0,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    """Smooth L1 (Huber / beta): ``0.5 d^2 / beta`` below ``beta``, ``d - 0.5 beta`` above.
+
+    ``beta = 0`` is exactly the L1 loss (mmdet v2's Faster R-CNN configs use L1 for both RPN
+    and R-CNN regression, its Cascade configs SmoothL1 with beta 1/9 and 1).
+
+    Args:
+        pred: [N, 4] (any shape) predictions.
+        target: same shape as ``pred``.
+        beta: transition point, >= 0.
+        weight: broadcastable element weights.
+        reduction: "mean", "sum" or "none".
+        avg_factor: normaliser replacing the element count of "mean".
+    """
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if target.numel() == 0:
+        return pred.sum() * 0
+    diff = (pred - target).abs()
+    if beta == 0:
+        loss = diff
+    else:
+        loss = torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
+    return weight_reduce(loss, weight, reduction, avg_factor)
+
+
+def l1_loss(
+    pred: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    """``|pred - target|`` with mmdet weighting (see :func:`smooth_l1_loss`)."""
+    return smooth_l1_loss(pred, target, 0.0, weight, reduction, avg_factor)
+
+
+def cross_entropy(
+    logits: Tensor,
+    labels: Tensor,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+    class_weight: Tensor | None = None,
+    ignore_index: int = -100,
+) -> Tensor:
+    """Softmax cross-entropy per sample, then mmdet weighting.
+
+    Args:
+        logits: [N, C] class logits.
+        labels: int64[N] in 0..C-1 (``ignore_index`` entries contribute 0).
+        weight: [N] per-sample weights.
+        reduction: "mean", "sum" or "none".
+        avg_factor: normaliser (R-CNN: the number of sampled RoIs).
+        class_weight: [C] per-class weights (``F.cross_entropy``'s ``weight``).
+        ignore_index: label value that is skipped.
+    """
+    if labels.numel() == 0:
+        return logits.sum() * 0
+    loss = F.cross_entropy(logits, labels, weight=class_weight, reduction="none",
+                           ignore_index=ignore_index)
+    return weight_reduce(loss, None if weight is None else weight.float(), reduction, avg_factor)
+
+
+def binary_cross_entropy(
+    logits: Tensor,
+    targets: Tensor,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    """Sigmoid binary cross-entropy with logits, element-wise, then mmdet weighting.
+
+    Args:
+        logits: any shape.
+        targets: same shape, values in [0, 1] (e.g. one-hot foreground for the RPN).
+        weight: broadcastable element weights (0 for anchors that were not sampled).
+        reduction: "mean", "sum" or "none".
+        avg_factor: normaliser (RPN: the number of sampled anchors in the batch).
+    """
+    if logits.numel() == 0:
+        return logits.sum() * 0
+    loss = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+    return weight_reduce(loss, None if weight is None else weight.float(), reduction, avg_factor)
+
+
+def sigmoid_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    """Focal loss (Lin et al., ICCV 2017) via ``torchvision.ops.sigmoid_focal_loss``.
+
+    Args:
+        logits: [N, C] (any shape) logits.
+        targets: same shape, one-hot targets in {0, 1} (all-zero rows are background).
+        alpha: positive-class balance (0.25 in RetinaNet / GA's location branch).
+        gamma: focusing exponent (2.0).
+        weight: broadcastable element weights.
+        reduction: "mean", "sum" or "none".
+        avg_factor: normaliser (RetinaNet: the number of positive anchors).
+    """
+    if logits.numel() == 0:
+        return logits.sum() * 0
+    loss = _tv_sigmoid_focal_loss(logits, targets.to(logits.dtype), alpha=alpha, gamma=gamma,
+                                  reduction="none")
+    return weight_reduce(loss, None if weight is None else weight.float(), reduction, avg_factor)
+
+
+def mask_cross_entropy(
+    mask_logits: Tensor,
+    mask_targets: Tensor,
+    labels: Tensor,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    """Per-pixel sigmoid cross-entropy on each RoI's own class channel (Mask R-CNN).
+
+    Args:
+        mask_logits: [R, K, M, M] logits, one channel per class (K = 1 for class-agnostic).
+        mask_targets: [R, M, M] binary targets.
+        labels: int64[R] channel of each RoI, 0-based (class label - 1; 0 if class-agnostic).
+        reduction: "mean" (over all R * M * M pixels, mmdet's default), "sum" or "none".
+        avg_factor: normaliser replacing the pixel count.
+    """
+    if mask_targets.numel() == 0 or mask_logits.shape[0] == 0:
+        return mask_logits.sum() * 0
+    picked = mask_logits[torch.arange(mask_logits.shape[0], device=labels.device), labels]
+    loss = F.binary_cross_entropy_with_logits(picked, mask_targets.to(picked.dtype),
+                                              reduction="none")  # [R, M, M]
+    return weight_reduce(loss, None, reduction, avg_factor)
+
+
+@torch.no_grad()
+def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Top-1 accuracy in percent (mmdet's ``acc`` diagnostic); 0 for no samples."""
+    if labels.numel() == 0:
+        return logits.new_zeros(())
+    return (logits.argmax(dim=1) == labels).float().mean() * 100.0
