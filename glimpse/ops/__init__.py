@@ -1,1 +1,7 @@
+"""Functional ops: compiled glimpse_kernels when built for the device, else pure PyTorch."""
 
+from glimpse.ops._ext import kernel_status
+from glimpse.ops.carafe import carafe, carafe_ref
+from glimpse.ops.masked_conv import masked_conv2d, masked_conv2d_ref
+
+__all__ = ["carafe", "carafe_ref", "kernel_status", "masked_conv2d", "masked_conv2d_ref"]
