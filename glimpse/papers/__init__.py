@@ -1,1 +1,1 @@
-
+"""One module per paper (profiles, experiments, table and figure functions) and ``reproduce``."""
