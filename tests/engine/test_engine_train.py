@@ -1,0 +1,279 @@
+"""fit(): schedule, sampler, checkpoints, exact resume (also after SIGKILL), non-finite losses,
+gradient accumulation, and DDP (2 gloo processes under torchrun) against one process."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from engine_toys import ToyDataset, ToyNet, toy_collate, toy_config
+
+from glimpse.engine.distributed import ShardedBatchSampler
+from glimpse.engine.train import (
+    NonFiniteLossError,
+    TrainConfig,
+    fit,
+    load_checkpoint,
+    lr_factor,
+)
+
+TOYS = Path(__file__).with_name("engine_toys.py")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    return env
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------- config and schedule
+
+
+def test_config_defaults_are_mmdet_1x():
+    cfg = TrainConfig(max_iters=12)
+    assert (cfg.base_lr, cfg.base_batch_size, cfg.momentum, cfg.weight_decay) == (0.02, 16, 0.9, 1e-4)
+    assert (cfg.warmup_iters, cfg.warmup_ratio, cfg.grad_clip) == (500, 1 / 3, 35.0)
+    assert cfg.milestones() == (8, 11)
+    assert TrainConfig(max_iters=90000).milestones() == (60000, 82500)
+    # linear scaling: 0.02 per 16 images
+    assert TrainConfig(batch_size=2).scaled_lr(world_size=8) == pytest.approx(0.02)
+    assert TrainConfig(batch_size=2, accumulate=2).scaled_lr(world_size=1) == pytest.approx(0.005)
+    assert TrainConfig(batch_size=2, lr=0.1).scaled_lr(world_size=8) == 0.1
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(TypeError):
+        TrainConfig(max_iter=10)  # typo: unknown key
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="lr_steps"):
+        TrainConfig(lr_steps=(10, 5))
+    assert TrainConfig(lr_steps=[3, 4]).lr_steps == (3, 4)
+
+
+def test_lr_factor_matches_mmcv_formula():
+    kw = dict(milestones=(800, 1100), gamma=0.1, warmup_iters=500, warmup_ratio=1 / 3)
+    # mmcv: lr * (1 - (1 - it / warmup_iters) * (1 - ratio))
+    assert lr_factor(0, **kw) == pytest.approx(1 / 3)
+    assert lr_factor(250, **kw) == pytest.approx(1 - 0.5 * (2 / 3))
+    assert lr_factor(499, **kw) == pytest.approx(1 - (1 / 500) * (2 / 3))
+    assert lr_factor(500, **kw) == 1.0
+    assert lr_factor(799, **kw) == 1.0
+    assert lr_factor(800, **kw) == pytest.approx(0.1)
+    assert lr_factor(1100, **kw) == pytest.approx(0.01)
+
+
+# ---------------------------------------------------------------- sampler
+
+
+def test_sharded_sampler_union_of_ranks_is_the_single_process_batch():
+    single = iter(ShardedBatchSampler(12, 4, seed=3))
+    ranks = [iter(ShardedBatchSampler(12, 2, seed=3, rank=r, world_size=2)) for r in range(2)]
+    for _ in range(9):  # three epochs
+        assert sorted(next(single)) == sorted(next(ranks[0]) + next(ranks[1]))
+
+
+def test_sharded_sampler_epochs_and_resume():
+    stream = iter(ShardedBatchSampler(10, 3, seed=1))
+    batches = [next(stream) for _ in range(10)]
+    flat = [i for b in batches for i in b]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+    assert flat[:10] != flat[10:20]  # a new permutation per epoch
+    resumed = iter(ShardedBatchSampler(10, 3, seed=1, start_batch=4))
+    assert [next(resumed) for _ in range(6)] == batches[4:]
+    with pytest.raises(ValueError, match="empty"):
+        ShardedBatchSampler(0, 2)
+
+
+# ---------------------------------------------------------------- fit
+
+
+def test_fit_logs_every_loss_and_follows_the_schedule(tmp_path):
+    cfg = toy_config(max_iters=12, warmup_iters=4, lr_steps=(8, 10), checkpoint_every=0)
+    threads = torch.get_num_threads()
+    result = fit(ToyNet(), ToyDataset(), cfg, tmp_path, collate_fn=toy_collate)
+    assert torch.get_num_threads() == threads
+    assert [h["iter"] for h in result.history] == list(range(1, 13))
+    for h in result.history:
+        assert {"loss", "loss_mse", "loss_l1", "stats_pred_mean", "lr", "grad_norm"} <= h.keys()
+        assert h["loss"] == pytest.approx(h["loss_mse"] + h["loss_l1"], rel=1e-5)
+        factor = lr_factor(h["iter"] - 1, milestones=(8, 10), warmup_iters=4)
+        assert h["lr"] == pytest.approx(0.05 * factor)
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert logged == result.history
+    assert json.loads((tmp_path / "config.json").read_text())["max_iters"] == 12
+    # checkpoint_every=0: only the final one
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["iter_12.pt"]
+    assert result.last_checkpoint == tmp_path / "checkpoints" / "iter_12.pt"
+
+
+def test_one_step_equals_a_hand_written_sgd_step(tmp_path):
+    """Clip to L2 norm, then SGD with weight decay: checked against plain autograd."""
+    cfg = toy_config(
+        max_iters=1, warmup_iters=0, lr_steps=(), grad_clip=0.05, lr=0.1, weight_decay=0.01
+    )
+    dataset = ToyDataset(augment=False)
+    model = ToyNet(dropout=0.0)
+    reference = copy.deepcopy(model)
+    fit(model, dataset, cfg, tmp_path, collate_fn=toy_collate)
+
+    batch = toy_collate([dataset[i] for i in next(iter(ShardedBatchSampler(24, 4, seed=0)))])
+    losses = reference(*batch)
+    (losses["loss_mse"] + losses["loss_l1"]).backward()
+    grads = [p.grad for p in reference.parameters()]
+    norm = torch.sqrt(sum((g**2).sum() for g in grads))
+    assert norm > 0.05  # the clip is active
+    with torch.no_grad():
+        for p in reference.parameters():
+            p -= 0.1 * (p.grad * 0.05 / (norm + 1e-6) + 0.01 * p)
+    for (name, a), b in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_gradient_accumulation_equals_the_large_batch(tmp_path):
+    cfg = toy_config(max_iters=5, lr=0.05)
+    big = ToyNet(dropout=0.0)
+    fit(big, ToyDataset(augment=False), cfg, tmp_path / "a", collate_fn=toy_collate)
+    small = ToyNet(dropout=0.0)
+    cfg2 = toy_config(max_iters=5, lr=0.05, batch_size=2, accumulate=2)
+    result = fit(small, ToyDataset(augment=False), cfg2, tmp_path / "b", collate_fn=toy_collate)
+    assert sorted(small.seen[0] + small.seen[1]) == sorted(big.seen[0])
+    for a, b in zip(big.parameters(), small.parameters()):
+        torch.testing.assert_close(a, b)
+    assert len(result.history) == 5
+
+
+def test_checkpoints_are_complete_and_last_is_a_real_file(tmp_path):
+    cfg = toy_config(max_iters=10, checkpoint_every=4, keep_checkpoints=2)
+    model = ToyNet()
+    fit(model, ToyDataset(), cfg, tmp_path, collate_fn=toy_collate)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["iter_10.pt", "iter_8.pt"]  # iter_4 pruned by keep_checkpoints
+    last = tmp_path / "last.pt"
+    assert last.is_file() and not last.is_symlink()
+    assert last.read_bytes() == (tmp_path / "checkpoints" / "iter_10.pt").read_bytes()
+    ckpt = torch.load(last, weights_only=False)
+    assert torch.load(last, weights_only=True).keys() == ckpt.keys()  # plain tensors and values
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "iteration", "config"} <= ckpt.keys()
+    assert ckpt["iteration"] == 10 and ckpt["config"]["checkpoint_every"] == 4
+    _assert_same_weights(ckpt["model"], model.state_dict())
+    assert not list(tmp_path.glob(".*tmp*")) and not list(tmp_path.glob("checkpoints/.*"))
+
+
+def test_resume_from_a_middle_checkpoint_is_exact(tmp_path):
+    cfg = toy_config(max_iters=20, checkpoint_every=5)
+    full = ToyNet()
+    fit(full, ToyDataset(), cfg, tmp_path / "full", collate_fn=toy_collate)
+
+    # pretend the run died right after iteration 10 (plus a log line from iteration 11)
+    run = tmp_path / "cut"
+    shutil.copytree(tmp_path / "full", run)
+    for p in (run / "checkpoints").glob("*.pt"):
+        if int(p.stem.split("_")[1]) > 10:
+            p.unlink()
+    shutil.copyfile(run / "checkpoints" / "iter_10.pt", run / "last.pt")
+    resumed = ToyNet()
+    result = fit(resumed, ToyDataset(), cfg, run, resume=True, collate_fn=toy_collate)
+    assert resumed.seen == full.seen[10:]
+    _assert_same_weights(resumed.state_dict(), full.state_dict())
+    assert [h["iter"] for h in result.history] == list(range(1, 21))  # 1..10 read from the log
+    full_log = (tmp_path / "full" / "log.jsonl").read_text().splitlines()
+    run_log = (run / "log.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "time"} for x in lines]
+    assert strip(run_log) == strip(full_log)
+    # resuming a finished run is a no-op; resuming an empty dir starts from scratch
+    again = fit(ToyNet(), ToyDataset(), cfg, run, resume=True, collate_fn=toy_collate)
+    assert again.iterations == 20
+    fresh = ToyNet()
+    fit(fresh, ToyDataset(), cfg, tmp_path / "fresh", resume=True, collate_fn=toy_collate)
+    _assert_same_weights(fresh.state_dict(), full.state_dict())
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = toy_config(max_iters=20, checkpoint_every=5)
+    model = ToyNet(nan_at=7)
+    with pytest.raises(NonFiniteLossError, match="iteration 7") as err:
+        fit(model, ToyDataset(), cfg, tmp_path, collate_fn=toy_collate)
+    assert err.value.iteration == 7
+    assert set(err.value.losses) == {"loss", "loss_mse", "loss_l1", "stats_pred_mean"}
+    assert "loss_mse=nan" in str(err.value) and "loss_l1=" in str(err.value)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert last["iteration"] == 5
+    _assert_same_weights(last["model"], load_checkpoint(tmp_path / "checkpoints" / "iter_5.pt")["model"])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["iter_5.pt"]
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 6
+
+
+def test_load_checkpoint_names_the_bad_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        load_checkpoint(tmp_path / "nothing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_checkpoint(bad)
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+    run = tmp_path / "killed"
+    cmd = [sys.executable, str(TOYS), str(run), "--max-iters", "30", "--checkpoint-every", "5"]
+    proc = subprocess.Popen(cmd + ["--sleep", "0.1"], env=_env(), stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "checkpoints" / "iter_10.pt").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(run / "last.pt")["iteration"] < 30
+    subprocess.run(cmd + ["--resume"], env=_env(), check=True, capture_output=True)
+
+    reference = ToyNet()
+    fit(reference, ToyDataset(), toy_config(max_iters=30), tmp_path / "ref", collate_fn=toy_collate)
+    final = load_checkpoint(run / "last.pt")
+    assert final["iteration"] == 30
+    _assert_same_weights(final["model"], reference.state_dict())
+
+
+def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    """torchrun --nproc-per-node 2 with batch 2 each == one process with batch 4."""
+    run = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        str(TOYS), str(run), "--max-iters", "3", "--batch-size", "2", "--deterministic",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    single = ToyNet(dropout=0.0)
+    cfg = toy_config(max_iters=3, batch_size=4)
+    result = fit(single, ToyDataset(augment=False), cfg, tmp_path / "one", collate_fn=toy_collate)
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
+    for k, v in single.state_dict().items():
+        torch.testing.assert_close(ckpt["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    logged = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [x["loss"] for x in logged] == pytest.approx([h["loss"] for h in result.history])
+    assert [x["lr"] for x in logged] == pytest.approx([h["lr"] for h in result.history])
