@@ -244,3 +244,55 @@ def test_loss_regression_golden():
     assert got.keys() == expected.keys()
     for k in expected:
         assert got[k] == pytest.approx(expected[k], rel=1e-4, abs=1e-6), k
+
+
+# ---------------------------------------------------------------------------------- detector
+def test_retinanet_r50_parameter_count_matches_mmdet():
+    from glimpse.backbones import resnet50
+    from glimpse.detectors.retinanet import retinanet
+
+    assert _count(retinanet(resnet50(), 80)) == 37_968_692
+
+
+def _slim_retinanet(num_classes=3):
+    from glimpse.backbones import resnet_slim
+    from glimpse.detectors.retinanet import retinanet
+
+    return retinanet(resnet_slim(), num_classes, image_scale=(96, 96), fpn_channels=16)
+
+
+def test_detector_train_contract_and_empty_images():
+    torch.manual_seed(0)
+    model = _slim_retinanet().train()
+    images = [torch.rand(3, 80, 120), torch.rand(3, 60, 60)]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+    ]
+    losses = model(images, targets)
+    assert {"loss_cls", "loss_box"} <= set(losses)
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+    sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+    assert model.head.retina_cls.weight.grad is not None
+
+    empty = model(images[1:], targets[1:])
+    assert empty["loss_cls"] > 0 and empty["loss_box"] == 0
+    with pytest.raises(ValueError, match="needs targets"):
+        model(images)
+
+
+def test_detector_eval_contract_original_pixels():
+    torch.manual_seed(0)
+    model = _slim_retinanet(num_classes=2)
+    model.head.test_cfg = RetinaTestConfig(score_thr=0.0, max_per_img=20)
+    model.eval()
+    images = [torch.rand(3, 50, 200), torch.rand(3, 120, 90)]
+    with torch.no_grad():
+        dets = model(images)
+    assert len(dets) == 2
+    for det, img in zip(dets, images):
+        assert set(det) >= {"boxes", "scores", "labels"}
+        assert det["boxes"].shape[0] == 20
+        assert det["boxes"][:, [0, 2]].max() <= img.shape[2]
+        assert det["boxes"][:, [1, 3]].max() <= img.shape[1]
+        assert det["labels"].min() >= 1 and det["labels"].max() <= 2

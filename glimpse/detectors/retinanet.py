@@ -1,0 +1,119 @@
+"""RetinaNet (Lin et al., ICCV 2017): backbone + FPN P3..P7 + :class:`~glimpse.heads.retina.
+RetinaHead`, with mmdetection v2's ``retinanet_r50_fpn_1x`` configuration.
+
+With a ResNet-50 backbone the model has 37,968,692 parameters, as mmdet's
+(23,508,032 backbone + 7,997,440 FPN + 6,463,220 head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import Tensor, nn
+
+from glimpse.detectors.preprocess import DetectionPreprocessor
+from glimpse.heads.retina import RetinaHead, RetinaTestConfig
+from glimpse.necks.fpn import FPN
+from glimpse.structures import Detection, Target
+
+__all__ = ["RetinaNet", "retinanet"]
+
+
+class RetinaNet(nn.Module):
+    """Single-stage detector following the glimpse model contract.
+
+    Args:
+        backbone: module returning the ``c2..c5`` feature dict.
+        neck: FPN over the backbone maps (returns P3..P7).
+        head: dense head with ``forward`` / ``loss`` / ``predict``.
+        preprocessor: resize / normalise / pad and the inverse mapping.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        neck: nn.Module,
+        head: RetinaHead,
+        preprocessor: DetectionPreprocessor,
+    ) -> None:
+        super().__init__()
+        self.preprocessor = preprocessor
+        self.backbone = backbone
+        self.neck = neck
+        self.head = head
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        """[B, 3, H, W] normalised padded batch -> FPN levels, finest first."""
+        return self.neck(list(self.backbone(images).values()))
+
+    def forward(
+        self, images: Sequence[Tensor], targets: Sequence[Target] | None = None
+    ) -> dict[str, Tensor] | list[Detection]:
+        """Losses in train mode, detections in eval mode.
+
+        Args:
+            images: ``B`` tensors [3, H_i, W_i] in [0, 1] at original resolution.
+            targets: per-image targets in original pixels (train mode only): ``boxes`` xyxy,
+                ``labels`` 1..K, optional ``boxes_ignore``.
+
+        Returns:
+            Train: ``{"loss_cls", "loss_box", "stats_num_pos"}``. Eval: one
+            :class:`~glimpse.structures.Detection` per image in original pixels.
+        """
+        if self.training and targets is None:
+            raise ValueError("RetinaNet in train mode needs targets (call model.eval() to detect)")
+        batch = self.preprocessor(images, targets if self.training else None)
+        cls_logits, box_deltas = self.head(self.features(batch.tensor))
+        if self.training:
+            return self.head.loss(cls_logits, box_deltas, batch.targets, batch.pad_sizes)
+        detections = self.head.predict(cls_logits, box_deltas, batch.image_sizes)
+        return self.preprocessor.postprocess(detections, batch)
+
+
+def retinanet(
+    backbone: nn.Module,
+    num_classes: int = 80,
+    *,
+    image_scale: tuple[int, int] = (1333, 800),
+    size_divisor: int = 32,
+    fpn_channels: int = 256,
+    upsampler: Callable[[int], nn.Module] | None = None,
+    stacked_convs: int = 4,
+    test_cfg: RetinaTestConfig = RetinaTestConfig(),
+    loss_weights: dict[str, float] | None = None,
+) -> RetinaNet:
+    """RetinaNet with mmdet v2's defaults on any backbone of the C2..C5 contract.
+
+    FPN uses C3..C5 (``start_level=1``) plus two stride-2 convs, the first on C5
+    (``add_extra="conv_on_input"``), for P3..P7 at strides 8..128.
+
+    Args:
+        backbone: e.g. :func:`glimpse.backbones.resnet50`.
+        num_classes: K foreground classes.
+        image_scale: (long, short) edge bound of the internal resize.
+        size_divisor: padding multiple of the batch.
+        fpn_channels: FPN and head tower width (256; 64 for the slim smoke model).
+        upsampler: FPN top-down upsampler factory (default nearest).
+        stacked_convs: convs per head tower.
+        test_cfg: inference thresholds.
+        loss_weights: multipliers per loss key.
+    """
+    in_channels = list(backbone.out_channels.values())
+    neck = FPN(
+        in_channels,
+        fpn_channels,
+        num_outs=5,
+        add_extra="conv_on_input",
+        upsampler=upsampler,
+        start_level=1,
+    )
+    head = RetinaHead(
+        num_classes,
+        in_channels=fpn_channels,
+        feat_channels=fpn_channels,
+        stacked_convs=stacked_convs,
+        test_cfg=test_cfg,
+        loss_weights=loss_weights,
+    )
+    preprocessor = DetectionPreprocessor(image_scale=image_scale, size_divisor=size_divisor)
+    return RetinaNet(backbone, neck, head, preprocessor)
