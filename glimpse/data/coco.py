@@ -152,7 +152,7 @@ def find_structure_problems(data: dict[str, Any]) -> dict[str, list[str]]:
     return problems
 
 
-def _raise_first(path: Path, problems: dict[str, list[str]]) -> None:
+def _raise_first(path: Path, image_dir: Path, problems: dict[str, list[str]]) -> None:
     if not problems:
         return
     kind, msgs = next(iter(problems.items()))
@@ -160,7 +160,8 @@ def _raise_first(path: Path, problems: dict[str, list[str]]) -> None:
     others = [k for k in problems if k != kind]
     also = f"; other problems: {', '.join(others)}" if others else ""
     raise DatasetError(f"{path}: {kind.replace('_', ' ')}: {msgs[0]}{more}{also}. "
-                       f"Run `python -m glimpse data check` for a full report.")
+                       f"For a full report run: python -m glimpse data check --image-dir {image_dir} "
+                       f"--ann {path}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,7 +359,7 @@ class CocoDetection(torch.utils.data.Dataset):
             raise DatasetError(f"{self.sem_seg_dir}: semantic map folder not found")
 
         data = load_coco_json(self.ann_file)
-        _raise_first(self.ann_file, find_structure_problems(data))
+        _raise_first(self.ann_file, self.image_dir, find_structure_problems(data))
         for im in data["images"]:
             if not (isinstance(im["width"], int) and isinstance(im["height"], int)
                     and im["width"] > 0 and im["height"] > 0):
