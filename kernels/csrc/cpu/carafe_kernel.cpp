@@ -62,7 +62,7 @@ Geometry make_geometry(const at::Tensor& features, int64_t k, int64_t G, int64_t
 
 // One cache line of outputs per register block.
 template <typename T>
-constexpr int64_t kBlock = 64 / static_cast<int64_t>(sizeof(T));
+constexpr int64_t kBlock = 256 / static_cast<int64_t>(sizeof(T));
 
 // fup (k rows of length Lp) <- zero-padded, horizontally s-times repeated rows y0-r .. y0+r.
 template <typename T>
