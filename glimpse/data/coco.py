@@ -160,8 +160,8 @@ def _raise_first(path: Path, image_dir: Path, problems: dict[str, list[str]]) ->
     others = [k for k in problems if k != kind]
     also = f"; other problems: {', '.join(others)}" if others else ""
     raise DatasetError(f"{path}: {kind.replace('_', ' ')}: {msgs[0]}{more}{also}. "
-                       f"For a full report run: python -m glimpse data check --image-dir {image_dir} "
-                       f"--ann {path}")
+                       f"For a full report run: python -m glimpse data check "
+                       f"--image-dir {image_dir} --ann {path}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,7 +176,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         # 16-bit or float grayscale: scale by the dtype's range, not clip at 255.
         arr = np.asarray(img, dtype=np.float64)
-        top = 1.0 if img.mode == "F" else (65535.0 if arr.max(initial=0) > 255 else 255.0)
+        if img.mode == "F":
+            top = 1.0
+        elif img.mode.startswith("I;16"):
+            top = 65535.0
+        else:  # "I": 32-bit container, usually of 16-bit PNG data; 8-bit when it fits
+            top = 65535.0 if arr.max(initial=0) > 255 else 255.0
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
@@ -309,6 +314,10 @@ def load_proposals(path: str | os.PathLike) -> dict[int, Tensor]:
 # ----------------------------------------------------------------------------------------------
 
 
+# Per image: (kept annotations, boxes float32[N, 4] xyxy, labels int64[N], crowd float32[M, 4]).
+_ImageInstances = tuple[list[dict], np.ndarray, np.ndarray, np.ndarray]
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """A COCO-format instance dataset: ``dataset[i] -> (image float32[3, H, W] in [0, 1], Target)``.
 
@@ -403,7 +412,7 @@ class CocoDetection(torch.utils.data.Dataset):
         """K, the number of foreground classes."""
         return len(self.label_to_cat_id)
 
-    def _parse_annotations(self) -> dict[int, tuple[list[dict], np.ndarray, np.ndarray, np.ndarray]]:
+    def _parse_annotations(self) -> dict[int, _ImageInstances]:
         """Per image: (kept annotations, boxes float32[N, 4], labels int64[N], ignore [M, 4]).
 
         Boxes are clipped to the image; those left with no area (zero or negative size, fully
@@ -438,9 +447,12 @@ class CocoDetection(torch.utils.data.Dataset):
                 boxes.append((x1, y1, x2, y2))
                 labels.append(self.cat_id_to_label[ann["category_id"]])
             out[img_id] = (kept, np.asarray(boxes, np.float32).reshape(-1, 4),
-                           np.asarray(labels, np.int64), np.asarray(ignore, np.float32).reshape(-1, 4))
+                           np.asarray(labels, np.int64),
+                           np.asarray(ignore, np.float32).reshape(-1, 4))
         if dropped:
             detail = ", ".join(f"{n} {why}" for why, n in sorted(dropped.items()))
+            if dropped["no usable segmentation"]:
+                detail += " (box-only data: pass with_masks=False)"
             warnings.warn(f"{self.ann_file}: dropped {sum(dropped.values())} degenerate "
                           f"annotation(s): {detail}", stacklevel=3)
         self.num_dropped = sum(dropped.values())

@@ -120,7 +120,7 @@ def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """[size, size] smooth noise in about [-1, 1]: a random ``cells``^2 grid, bilinearly upsampled."""
+    """[size, size] smooth noise in [-1, 1]: a random ``cells`` x ``cells`` grid, upsampled."""
     grid = rng.uniform(-1.0, 1.0, (cells, cells))
     m = _interp_matrix(size, cells)
     return m @ grid @ m.T

@@ -35,6 +35,24 @@ def test_tiny_dataset_loads(tiny_coco):
     assert gray.shape == (3, 16, 20) and torch.equal(gray[0], gray[2])
 
 
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "1"])
+def test_image_modes_become_rgb(tiny_coco, mode):
+    rgb = np.random.default_rng(1).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    img = Image.fromarray(rgb)
+    if mode == "I;16":
+        img = Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)  # 16-bit grayscale
+    else:
+        img = img.convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    img.save(tiny_coco.image_dir / "a.png", format=fmt)
+    image, _ = _load(tiny_coco)[1]
+    assert image.shape == (3, 24, 32) and image.dtype == torch.float32
+    assert 0 <= image.min() and image.max() <= 1
+    if mode in ("L", "I;16"):  # gray levels survive (16-bit scaled to 8-bit)
+        gray = np.asarray(img.convert("L")) if mode == "L" else rgb[..., 0]
+        np.testing.assert_allclose(image[1].numpy() * 255, gray, atol=0.51)
+
+
 def _write_bytes(name, data):
     def f(t):
         (t.image_dir / name).write_bytes(data if isinstance(data, bytes) else data(t))
@@ -143,6 +161,18 @@ def test_degenerate_boxes_dropped_with_one_warning(tiny_coco):
     assert len(target["boxes"]) == len(target["masks"]) == 3
     counts = check_coco(tiny_coco.image_dir, tiny_coco.ann_file).counts()
     assert counts == {"zero_area_box": 2, "box_outside_image": 2}
+
+
+def test_instance_without_segmentation_dropped_for_masks_only(tiny_coco):
+    del tiny_coco.data["annotations"][0]["segmentation"]
+    tiny_coco.write()
+    with pytest.warns(UserWarning, match="1 no usable segmentation .*with_masks=False"):
+        ds = _load(tiny_coco)
+    assert len(ds.load_target(1)["boxes"]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        boxes_only = _load(tiny_coco, with_masks=False)
+    assert len(boxes_only.load_target(1)["boxes"]) == 2
 
 
 def test_check_reports_every_problem_with_counts(tiny_coco, capsys):

@@ -113,3 +113,12 @@ def test_coco128_split(coco128):
     train = build_dataset("coco128", split="train", data_root=coco128, train=True)
     assert len(train) == len(tr) - 2 and train.transforms is not None
 
+
+
+def test_data_check_on_coco128_is_clean(coco128, capsys):
+    from glimpse.data.check import main
+
+    code = main(["check", "--image-dir", str(coco128 / "train2017"),
+                 "--ann", str(coco128 / "annotations" / "instances_train2017.json")])
+    assert code == 0
+    assert "128 images, 939 annotations" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""The synthetic generator: byte-determinism, annotation/pixel consistency, scale coverage, cache."""
+"""Synthetic generator: byte-determinism, annotations equal pixels, scale coverage, cache."""
 
 from __future__ import annotations
 
