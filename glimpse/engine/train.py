@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from glimpse.engine.distributed import DistInfo, ShardedBatchSampler, init_distributed
 from glimpse.engine.seed import get_rng_state, seed_everything, seed_worker, set_rng_state
+from glimpse.report import atomic_write
 
 __all__ = [
     "TrainConfig",
@@ -431,7 +432,7 @@ class _Trainer:
             if entry.get("iter", math.inf) <= upto:
                 kept.append(entry)
         if self.info.is_main:
-            _atomic_write_text(self.log_path, "".join(json.dumps(e) + "\n" for e in kept))
+            atomic_write(self.log_path, "".join(json.dumps(e) + "\n" for e in kept))
         return kept
 
     # ------------------------------------------------------------------ loop
@@ -481,12 +482,12 @@ class _Trainer:
         start, history = self._resume() if resume else (0, [])
         if info.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(
+            atomic_write(
                 self.work_dir / "config.json",
                 json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True) + "\n",
             )
             if start == 0:
-                _atomic_write_text(self.log_path, "")
+                atomic_write(self.log_path, "")
         net: nn.Module = self.model
         if info.world_size > 1:
             net = DistributedDataParallel(
@@ -600,9 +601,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [_jsonable(v) for v in value]
     return value
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

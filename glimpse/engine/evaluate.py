@@ -1,0 +1,411 @@
+"""Evaluation: detector inference, COCO results, COCOeval (bbox, segm, proposal recall) and the
+plain metrics of the later papers (top-k accuracy, mIoU / pixel accuracy, L1, PSNR).
+
+Detection metrics come from pycocotools' ``COCOeval``, the implementation behind every number
+in the four papers; glimpse only converts its detections to COCO results (``xywh`` boxes,
+original category ids, RLE masks) and reads ``COCOeval.stats``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from glimpse.structures import Detection, box_xyxy_to_xywh
+
+__all__ = [
+    "COCO_METRICS",
+    "inference",
+    "coco_results",
+    "coco_from_dict",
+    "coco_evaluate",
+    "proposal_recall",
+    "evaluate_detector",
+    "topk_accuracy",
+    "confusion_matrix",
+    "mean_iou",
+    "pixel_accuracy",
+    "l1_error",
+    "psnr",
+]
+
+# Names of COCOeval.stats[0:6] for bbox / segm.
+COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+# ---------------------------------------------------------------------------------- inference
+
+
+@torch.no_grad()
+def inference(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 1,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> list[tuple[int, Detection]]:
+    """Run ``model`` in eval mode over ``dataset`` in order.
+
+    Args:
+        model: eval mode ``model(images) -> list[Detection]``; when every target carries
+            ``proposals`` (Fast R-CNN data) they are passed as ``model(images, proposals=...)``.
+        dataset: items ``(image float[3,H,W], Target)`` at original resolution.
+        device: where the model runs.
+        batch_size: images per forward.
+        collate_fn: default :func:`glimpse.data.collate`.
+        num_workers: DataLoader workers.
+        progress: show a tqdm bar (only on a terminal).
+
+    Returns:
+        ``(image_id, detection)`` per image, detections on CPU, boxes xyxy in original pixels.
+        The image id is ``target["image_id"]``, else ``dataset.ids[i]``, else the index ``i``.
+    """
+    if collate_fn is None:
+        from glimpse.data import collate as collate_fn
+    was_training = model.training
+    model.to(device).eval()
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
+        num_workers=num_workers,
+    )  # fmt: skip
+    ids = getattr(dataset, "ids", None)
+    out: list[tuple[int, Detection]] = []
+    try:
+        for images, targets in tqdm(loader, desc="inference", disable=None if progress else True):
+            images = [im.to(device) for im in images]
+            kwargs = {}
+            if targets and all(isinstance(t, dict) and "proposals" in t for t in targets):
+                kwargs["proposals"] = [t["proposals"].to(device) for t in targets]
+            detections = model(images, **kwargs)
+            for target, det in zip(targets, detections):
+                index = len(out)
+                image_id = target.get("image_id") if isinstance(target, dict) else None
+                if image_id is None:
+                    image_id = ids[index] if ids is not None else index
+                out.append((int(image_id), {k: v.detach().cpu() for k, v in det.items()}))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def coco_results(
+    detections: Sequence[Detection],
+    image_ids: Sequence[int],
+    label_to_cat_id: Mapping[int, int] | None = None,
+    with_masks: bool = False,
+) -> list[dict[str, Any]]:
+    """Detections -> COCO results (the JSON format of COCO's evaluation server).
+
+    Args:
+        detections: per image ``boxes`` float[D,4] xyxy, ``scores`` float[D], ``labels``
+            int64[D] in 1..K and, for ``with_masks``, ``masks`` [D,H,W] (uint8 binary, or
+            float probabilities thresholded at 0.5).
+        image_ids: the COCO image id of each detection dict.
+        label_to_cat_id: contiguous label -> COCO category id (``dataset.label_to_cat_id``);
+            ``None`` keeps the label as the category id (proposals).
+        with_masks: add ``segmentation`` (RLE with ``counts`` as str).
+
+    Returns:
+        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"[, "segmentation"]}]``.
+    """
+    if len(detections) != len(image_ids):
+        raise ValueError(f"{len(detections)} detections but {len(image_ids)} image ids")
+    results: list[dict[str, Any]] = []
+    for det, image_id in zip(detections, image_ids):
+        boxes = box_xyxy_to_xywh(det["boxes"].detach().cpu().float()).tolist()
+        scores = det["scores"].detach().cpu().float().tolist()
+        labels = det["labels"].detach().cpu().tolist() if "labels" in det else [1] * len(boxes)
+        rles: list[dict[str, Any]] | None = None
+        if with_masks:
+            if "masks" not in det:
+                raise ValueError(f"image {image_id}: with_masks=True but the detection has no masks")
+            rles = _encode_masks(det["masks"])
+        for i, (box, score, label) in enumerate(zip(boxes, scores, labels)):
+            label = int(label)
+            if label_to_cat_id is not None:
+                if label not in label_to_cat_id:
+                    raise ValueError(f"image {image_id}: label {label} has no category id")
+                label = label_to_cat_id[label]
+            row = {"image_id": int(image_id), "category_id": label, "bbox": box, "score": score}
+            if rles is not None:
+                row["segmentation"] = rles[i]
+            results.append(row)
+    return results
+
+
+def _encode_masks(masks: Tensor) -> list[dict[str, Any]]:
+    """uint8/bool/float [D,H,W] -> D compressed RLEs with str counts (JSON-serialisable)."""
+    masks = masks.detach().cpu()
+    binary = masks >= 0.5 if masks.is_floating_point() else masks > 0
+    if binary.numel() == 0:
+        return []
+    # pycocotools wants Fortran-ordered uint8 [H, W, D]
+    array = np.asfortranarray(binary.permute(1, 2, 0).numpy().astype(np.uint8))
+    rles = mask_utils.encode(array)
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+# ---------------------------------------------------------------------------------- COCOeval
+
+
+def coco_from_dict(data: dict[str, Any]) -> COCO:
+    """A pycocotools ``COCO`` from an already loaded annotation dict, without its prints."""
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _load_results(coco_gt: COCO, results: Sequence[dict[str, Any]], need: str) -> COCO:
+    """``coco_gt.loadRes`` on copies of ``results`` (loadRes edits its input), checked first."""
+    known = set(coco_gt.getImgIds())
+    unknown = sorted({r.get("image_id") for r in results} - known, key=str)
+    if unknown:
+        raise ValueError(f"results refer to image ids not in the annotations: {unknown[:5]}")
+    for i, r in enumerate(results):
+        if need not in r:
+            raise ValueError(f"result #{i} (image {r.get('image_id')}) has no {need!r}")
+    copies = [dict(r) for r in results]
+    if need == "segmentation":
+        # Without a box, loadRes takes the instance area from the mask (as mmdetection does);
+        # with one it would use the box area and shift APs/APm/APl.
+        for r in copies:
+            r.pop("bbox", None)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return coco_gt.loadRes(copies)
+
+
+def _run_cocoeval(
+    coco_gt: COCO, coco_dt: COCO, iou_type: str, img_ids: Iterable[int] | None,
+    use_cats: bool = True, max_dets: Sequence[int] | None = None,
+) -> np.ndarray:
+    evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+    if img_ids is not None:
+        evaluator.params.imgIds = sorted(int(i) for i in img_ids)
+    evaluator.params.useCats = int(use_cats)
+    if max_dets is not None:
+        evaluator.params.maxDets = list(max_dets)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator.stats
+
+
+def coco_evaluate(
+    coco_gt: COCO,
+    results: Sequence[dict[str, Any]],
+    iou_type: str,
+    img_ids: Iterable[int] | None = None,
+) -> dict[str, float]:
+    """COCO AP of ``results`` (see :func:`coco_results`) against ``coco_gt``.
+
+    Args:
+        coco_gt: ground truth (``dataset.coco``).
+        results: COCO results; ``segmentation`` is needed for ``"segm"``.
+        iou_type: ``"bbox"`` or ``"segm"``.
+        img_ids: evaluate only these images (e.g. ``dataset.ids`` of a split of the file).
+
+    Returns:
+        ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` in [0, 1] (COCOeval gives -1 for an
+        area range without ground truth). Empty results give 0 everywhere.
+    """
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    if img_ids is not None:
+        wanted = {int(i) for i in img_ids}
+        results = [r for r in results if r.get("image_id") in wanted]
+    if not results:
+        return dict.fromkeys(COCO_METRICS, 0.0)
+    coco_dt = _load_results(coco_gt, results, "bbox" if iou_type == "bbox" else "segmentation")
+    stats = _run_cocoeval(coco_gt, coco_dt, iou_type, img_ids)
+    return {name: float(v) for name, v in zip(COCO_METRICS, stats[:6])}
+
+
+def proposal_recall(
+    coco_gt: COCO,
+    results: Sequence[dict[str, Any]],
+    img_ids: Iterable[int] | None = None,
+    max_dets: Sequence[int] = (100, 300, 1000),
+) -> dict[str, float]:
+    """Class-agnostic average recall of proposals, as mmdetection reports for RPNs.
+
+    COCOeval on boxes with ``useCats=0`` and ``maxDets=max_dets``; AR is recall averaged over
+    IoU 0.50:0.95 (the Guided Anchoring paper's AR100/300/1000 and AR_S/M/L).
+
+    Returns:
+        ``{"AR@100", "AR@300", "AR@1000", "AR_S", "AR_M", "AR_L"}`` (size ranges at the largest
+        ``max_dets``); 0 everywhere for empty results.
+    """
+    if len(max_dets) != 3:
+        raise ValueError(f"max_dets needs three values, got {tuple(max_dets)}")
+    keys = [f"AR@{m}" for m in max_dets] + ["AR_S", "AR_M", "AR_L"]
+    if img_ids is not None:
+        wanted = {int(i) for i in img_ids}
+        results = [r for r in results if r.get("image_id") in wanted]
+    if not results:
+        return dict.fromkeys(keys, 0.0)
+    # With useCats=0 COCOeval still looks detections up under the ground truth's category ids,
+    # so every proposal gets one of them.
+    cat_id = min(coco_gt.getCatIds()) if coco_gt.getCatIds() else 1
+    results = [{**r, "category_id": cat_id} for r in results]
+    coco_dt = _load_results(coco_gt, results, "bbox")
+    stats = _run_cocoeval(coco_gt, coco_dt, "bbox", img_ids, use_cats=False, max_dets=max_dets)
+    # COCOeval.stats[6:9]: AR at maxDets[0..2]; [9:12]: AR small/medium/large at maxDets[2]
+    return {k: float(v) for k, v in zip(keys, stats[6:12])}
+
+
+def evaluate_detector(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    device: str | torch.device = "cpu",
+    iou_types: Sequence[str] | None = None,
+    batch_size: int = 1,
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """:func:`inference` then COCO metrics on ``dataset.coco`` restricted to ``dataset.ids``.
+
+    Args:
+        iou_types: any of ``"bbox"``, ``"segm"``, ``"proposal"``; ``None`` means ``bbox``
+            plus ``segm`` when the model returned masks.
+
+    Returns:
+        ``{iou_type: metrics}``, see :func:`coco_evaluate` and :func:`proposal_recall`.
+    """
+    outputs = inference(model, dataset, device=device, batch_size=batch_size, progress=progress)
+    image_ids = [i for i, _ in outputs]
+    detections = [d for _, d in outputs]
+    if iou_types is None:
+        has_masks = any("masks" in d for d in detections)
+        iou_types = ("bbox", "segm") if has_masks else ("bbox",)
+    unknown = set(iou_types) - {"bbox", "segm", "proposal"}
+    if unknown:
+        raise ValueError(f"unknown iou types {sorted(unknown)}; use bbox, segm or proposal")
+    coco_gt, ids = dataset.coco, getattr(dataset, "ids", None)
+    metrics: dict[str, dict[str, float]] = {}
+    if "proposal" in iou_types:
+        metrics["proposal"] = proposal_recall(coco_gt, coco_results(detections, image_ids), ids)
+    boxes_types = [t for t in iou_types if t != "proposal"]
+    if boxes_types:
+        results = coco_results(
+            detections, image_ids, dataset.label_to_cat_id, with_masks="segm" in boxes_types
+        )
+        for iou_type in boxes_types:
+            metrics[iou_type] = coco_evaluate(coco_gt, results, iou_type, ids)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------- plain metrics
+
+
+def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Fraction of samples whose label is among the ``k`` highest logits.
+
+    Args:
+        logits: [N, C] scores.
+        labels: int64[N] in 0..C-1.
+        ks: the k values (clamped to C).
+
+    Returns:
+        ``{"top1": ..., "top5": ...}`` in [0, 1] (0 for N = 0).
+    """
+    if logits.dim() != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"need logits [N, C] and labels [N], got {tuple(logits.shape)} and "
+                         f"{tuple(labels.shape)}")
+    n, c = logits.shape
+    out: dict[str, float] = {}
+    if n == 0:
+        return {f"top{k}": 0.0 for k in ks}
+    top = logits.topk(min(max(ks), c), dim=1).indices  # [N, max k]
+    hits = top == labels[:, None]
+    for k in ks:
+        out[f"top{k}"] = hits[:, : min(k, c)].any(dim=1).float().mean().item()
+    return out
+
+
+def confusion_matrix(
+    pred: Tensor, target: Tensor, num_classes: int, *, ignore_index: int = 255
+) -> Tensor:
+    """Pixel confusion matrix: entry [t, p] counts pixels of class t predicted as p.
+
+    Args:
+        pred: int[...] predicted classes in 0..num_classes-1.
+        target: int[...] same shape; ``ignore_index`` pixels are skipped.
+
+    Returns:
+        int64[num_classes, num_classes]; sum them over a dataset before :func:`mean_iou`.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+    keep = target != ignore_index
+    pred, target = pred[keep], target[keep]
+    if ((target < 0) | (target >= num_classes)).any() or ((pred < 0) | (pred >= num_classes)).any():
+        raise ValueError(f"class ids must lie in 0..{num_classes - 1} (or be {ignore_index})")
+    flat = target * num_classes + pred
+    return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def mean_iou(confusion: Tensor) -> float:
+    """Mean over classes of ``TP / (TP + FP + FN)``, skipping classes absent from both the
+    prediction and the ground truth (mmsegmentation's nan-mean)."""
+    confusion = confusion.double()
+    tp = confusion.diagonal()
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    present = union > 0
+    if not present.any():
+        return math.nan
+    return (tp[present] / union[present]).mean().item()
+
+
+def pixel_accuracy(confusion: Tensor) -> float:
+    """Correct pixels / labelled pixels (ignored pixels are not in the matrix)."""
+    total = confusion.sum()
+    return (confusion.diagonal().sum().double() / total).item() if total > 0 else math.nan
+
+
+def l1_error(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
+    """Mean absolute error; with ``mask`` (broadcastable, nonzero = counted) only there."""
+    diff = (pred.double() - target.double()).abs()
+    if mask is None:
+        return diff.mean().item()
+    weight = mask.to(diff.dtype).expand_as(diff)
+    return (diff * weight).sum().item() / max(weight.sum().item(), 1.0)
+
+
+def psnr(pred: Tensor, target: Tensor, *, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio ``10 log10(data_range^2 / MSE)`` in dB.
+
+    Args:
+        pred, target: [C,H,W] (one image) or [B,C,H,W] (PSNR per image, then averaged).
+        data_range: the value range (1 for images in [0, 1], 255 for uint8).
+
+    Returns:
+        dB; ``inf`` for identical images.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    batch = pred.reshape(1, -1) if pred.dim() == 3 else pred.reshape(pred.shape[0], -1)
+    ref = target.reshape(batch.shape)
+    mse = ((batch.double() - ref.double()) ** 2).mean(dim=1)
+    values = 10.0 * torch.log10(data_range**2 / mse)
+    return values.mean().item()
