@@ -1,0 +1,623 @@
+"""The codebase behind the four papers: profiles, the baseline experiments, tables and figures
+of ``notebooks/00_codebase.ipynb``.
+
+Two tables are regenerated:
+
+* :func:`codebase_table`: which detection methods each codebase lists (mmdetection,
+  maskrcnn-benchmark, Detectron, SimpleDet), as transcribed into
+  ``results/codebase/paper/methods.csv``, with a ``glimpse`` column computed from
+  :func:`glimpse.zoo.names` (never typed in).
+* :func:`baseline_table`: box / mask AP (and RPN AR@1000) of each detector trained at the chosen
+  profile, beside the mmdetection R-50-FPN 1x model-zoo values
+  (``results/codebase/paper/mmdet_r50_1x.csv``).
+
+The figures step through a two-stage detector: anchors over the FPN levels, RPN proposals, the
+R-CNN assignment of proposals to ground truth, the final boxes and masks, and the boxes of each
+cascade stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from glimpse.report import load_paper, repo_root
+
+__all__ = [
+    "CODEBASES",
+    "METHOD_PATTERNS",
+    "PROFILES",
+    "CodebaseConfig",
+    "DetectorRun",
+    "baseline_table",
+    "build_model",
+    "codebase_table",
+    "dry_check",
+    "evaluate_run",
+    "figure_anchors",
+    "figure_detections",
+    "figure_roi_assignment",
+    "figure_training_curves",
+    "glimpse_methods",
+    "paper_baselines",
+    "paper_methods",
+    "resolve",
+    "resolve_device",
+    "train_detector",
+]
+
+PAPER = "codebase"
+
+# Codebases of the talk's comparison, in its column order.
+CODEBASES = ("mmdetection", "maskrcnn-benchmark", "Detectron", "SimpleDet")
+
+# Method (row of the comparison) -> pattern over glimpse.zoo.names() that implements it. The
+# glimpse column of the table is computed from these, so it follows the zoo as it grows.
+METHOD_PATTERNS: dict[str, str] = {
+    "RPN": r"^rpn_",
+    "Fast R-CNN": r"^fast_rcnn_",
+    "Faster R-CNN": r"^faster_rcnn_",
+    "Mask R-CNN": r"^mask_rcnn_",
+    "RetinaNet": r"^retinanet_",
+    "Cascade R-CNN": r"^cascade_rcnn_",
+    "Cascade Mask R-CNN": r"^cascade_mask_rcnn_",
+    "Hybrid Task Cascade": r"^htc_",
+    "Guided Anchoring": r"^ga_",
+    "CARAFE": r"carafe",
+    "FishNet": r"fishnet",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Profiles
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DetectorRun:
+    """One baseline to train and evaluate.
+
+    Attributes:
+        model: a :func:`glimpse.zoo.names` entry.
+        max_iters: optimiser steps.
+        batch_size: images per step (per process).
+        lr: absolute peak learning rate; ``None`` applies mmdet's linear scaling rule
+            (0.02 per 16 images; 0.01 for RetinaNet as in its config).
+        warmup_iters: linear warm-up length (mmdet: 500).
+    """
+
+    model: str
+    max_iters: int
+    batch_size: int = 4
+    lr: float | None = None
+    warmup_iters: int = 500
+
+    @property
+    def family(self) -> str:
+        """Detector family: the zoo name without its ``_<backbone>_fpn`` suffix."""
+        from glimpse import zoo
+
+        return zoo.MODELS[self.model].detector
+
+
+@dataclass(frozen=True)
+class CodebaseConfig:
+    """Resolved configuration of the codebase notebook (stored in its manifest).
+
+    Attributes:
+        profile: ``"smoke"``, ``"cpu"`` or ``"full"``.
+        train_data: dataset name for :func:`glimpse.data.build_dataset` (training split).
+        val_data: dataset name evaluated on (its ``val`` split).
+        data_root: data folder (``""``: the dataset's default).
+        device: resolved device string.
+        seed: seed of every run.
+        runs: the baselines.
+        image_scale: detector input scale; ``None`` uses the dataset's default.
+        eval_batch_size: images per inference batch.
+        work_dir: where checkpoints and training logs go (``""``: ``<repo>/work_dirs/codebase/<profile>``).
+        deterministic: call ``torch.use_deterministic_algorithms(True)`` (CPU runs repeat bit
+            for bit, so nbval can check the notebook).
+        dry_run: only resolve and build (the ``full`` profile on a machine without its data).
+    """
+
+    profile: str
+    train_data: str
+    val_data: str
+    data_root: str = ""
+    device: str = "cpu"
+    seed: int = 0
+    runs: tuple[DetectorRun, ...] = ()
+    image_scale: tuple[int, int] | None = None
+    eval_batch_size: int = 4
+    work_dir: str = ""
+    deterministic: bool = True
+    dry_run: bool = False
+
+    @property
+    def data(self) -> str:
+        """One-line description of the data, for manifests and table rows."""
+        return (self.train_data if self.train_data == self.val_data
+                else f"{self.train_data} -> {self.val_data}")
+
+
+# Smoke: slim backbones on 128 px synthetic shapes, fixed small iteration counts, so that the
+# whole notebook runs in about 4 minutes on 2 CPU cores (DESIGN sizing guide: 0.17 s/iteration
+# for Faster R-CNN slim at batch 4). Faster R-CNN, the running example, trains longest.
+_SMOKE_RUNS = (
+    DetectorRun("faster_rcnn_slim_fpn", max_iters=300, batch_size=4, lr=0.02, warmup_iters=50),
+    DetectorRun("mask_rcnn_slim_fpn", max_iters=120, batch_size=4, lr=0.02, warmup_iters=50),
+    DetectorRun("retinanet_slim_fpn", max_iters=120, batch_size=4, lr=0.01, warmup_iters=50),
+    DetectorRun("cascade_rcnn_slim_fpn", max_iters=120, batch_size=4, lr=0.02, warmup_iters=50),
+)
+
+# cpu: the same detectors at 256 px for several minutes each (the sizing guide: AP 0.65 after
+# 8 minutes for Faster R-CNN slim at 256 px).
+_CPU_RUNS = (
+    DetectorRun("faster_rcnn_slim_fpn", max_iters=3000, batch_size=4, lr=0.02, warmup_iters=200),
+    DetectorRun("mask_rcnn_slim_fpn", max_iters=1500, batch_size=4, lr=0.02, warmup_iters=200),
+    DetectorRun("retinanet_slim_fpn", max_iters=1500, batch_size=4, lr=0.01, warmup_iters=200),
+    DetectorRun("cascade_rcnn_slim_fpn", max_iters=1500, batch_size=4, lr=0.02, warmup_iters=200),
+    DetectorRun("cascade_mask_rcnn_slim_fpn", max_iters=1500, batch_size=4, lr=0.02,
+                warmup_iters=200),
+    DetectorRun("rpn_slim_fpn", max_iters=1500, batch_size=4, lr=0.02, warmup_iters=200),
+)
+
+# full: mmdetection's R-50-FPN 1x: 12 epochs at 16 images per step (8 GPUs x 2, lr 0.02,
+# RetinaNet 0.01). Training skips the images without instances, leaving 117266 of COCO
+# train2017's 118287, i.e. ceil(117266 / 16) = 7330 iterations per epoch (as mmdet's logs show).
+_COCO_TRAIN_IMAGES_WITH_INSTANCES = 117266
+_FULL_ITERS = math.ceil(_COCO_TRAIN_IMAGES_WITH_INSTANCES / 16) * 12  # 87960
+_FULL_RUNS = tuple(
+    DetectorRun(f"{family}_r50_fpn", max_iters=_FULL_ITERS, batch_size=2, lr=None,
+                warmup_iters=500)
+    for family in ("rpn", "faster_rcnn", "mask_rcnn", "retinanet", "cascade_rcnn",
+                   "cascade_mask_rcnn")
+)
+
+PROFILES: dict[str, CodebaseConfig] = {
+    "smoke": CodebaseConfig("smoke", "synthetic-smoke", "synthetic-smoke", runs=_SMOKE_RUNS),
+    "cpu": CodebaseConfig("cpu", "synthetic-cpu", "synthetic-cpu", runs=_CPU_RUNS),
+    "full": CodebaseConfig("full", "coco", "coco", runs=_FULL_RUNS, eval_batch_size=2,
+                           deterministic=False),
+}
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; anything else is checked."""
+    if device in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"invalid device {device!r}: {exc}") from None
+    return device
+
+
+def resolve(profile: str, *, device: str = "auto", data_root: str = "", seed: int = 0,
+            **overrides: Any) -> CodebaseConfig:
+    """The configuration of ``profile`` with the notebook parameters applied.
+
+    Args:
+        profile: a key of :data:`PROFILES`.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        data_root: data folder (``""``: the dataset's default location).
+        seed: seed of every run.
+        **overrides: any other :class:`CodebaseConfig` field (``runs``, ``dry_run``, ...).
+
+    Raises:
+        ValueError: unknown profile or device.
+        TypeError: unknown override.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    fields = {f.name for f in dataclasses.fields(CodebaseConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"unknown CodebaseConfig field(s) {unknown}; valid: {sorted(fields)}")
+    runs = overrides.pop("runs", PROFILES[profile].runs)
+    return dataclasses.replace(PROFILES[profile], device=resolve_device(device),
+                               data_root=str(data_root or ""), seed=int(seed),
+                               runs=tuple(runs), **overrides)
+
+
+def _work_dir(cfg: CodebaseConfig) -> Path:
+    if cfg.work_dir:
+        return Path(cfg.work_dir)
+    base = repo_root() or Path.cwd()
+    return base / "work_dirs" / PAPER / cfg.profile
+
+
+# --------------------------------------------------------------------------------------------
+# Table 1: methods per codebase
+# --------------------------------------------------------------------------------------------
+
+
+def paper_methods(root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Transcribed ``paper/methods.csv``: one row per (codebase, method) with ``listed`` and
+    ``source``."""
+    df = load_paper(PAPER, "methods", root=root)
+    bad = sorted(set(df["listed"]) - {"yes", "no"})
+    if bad:
+        raise ValueError(f"methods.csv: 'listed' must be yes/no, found {bad}")
+    return df
+
+
+def glimpse_methods(names: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """Method -> the zoo models implementing it (by :data:`METHOD_PATTERNS`)."""
+    if names is None:
+        from glimpse import zoo
+
+        names = zoo.names()
+    return {method: sorted(n for n in names if re.search(pattern, n))
+            for method, pattern in METHOD_PATTERNS.items()}
+
+
+def codebase_table(names: Sequence[str] | None = None,
+                   root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Methods (rows) x codebases (columns, "yes"/"no"), plus glimpse's column from the zoo.
+
+    Args:
+        names: zoo model names (default :func:`glimpse.zoo.names`).
+        root: results folder holding ``codebase/paper/methods.csv``.
+
+    Returns:
+        Columns ``method``, one per :data:`CODEBASES`, ``glimpse`` ("yes"/"no") and
+        ``glimpse_models`` (how many zoo models implement the method); rows in the order of
+        :data:`METHOD_PATTERNS`, then a ``total`` row counting the "yes" cells.
+    """
+    paper = paper_methods(root)
+    wide = paper.pivot(index="method", columns="codebase", values="listed")
+    missing = [c for c in CODEBASES if c not in wide.columns]
+    if missing:
+        raise ValueError(f"methods.csv has no rows for codebase(s) {missing}")
+    ours = glimpse_methods(names)
+    rows = []
+    for method in METHOD_PATTERNS:
+        if method not in wide.index:
+            raise ValueError(f"methods.csv has no rows for method {method!r}")
+        row = {"method": method, **{c: wide.loc[method, c] for c in CODEBASES}}
+        row["glimpse"] = "yes" if ours[method] else "no"
+        row["glimpse_models"] = len(ours[method])
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    total = {"method": "total"}
+    for col in (*CODEBASES, "glimpse"):
+        total[col] = str(int((table[col] == "yes").sum()))
+    total["glimpse_models"] = int(table["glimpse_models"].sum())
+    return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Training and evaluation of the baselines
+# --------------------------------------------------------------------------------------------
+
+
+def paper_baselines(root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Transcribed mmdetection R-50-FPN 1x model-zoo values (``paper/mmdet_r50_1x.csv``)."""
+    return load_paper(PAPER, "mmdet_r50_1x", root=root)
+
+
+def build_model(run: DetectorRun, num_classes: int, image_scale: tuple[int, int],
+                **kwargs: Any) -> nn.Module:
+    """``zoo.build(run.model, ...)`` with glimpse's defaults for the run."""
+    from glimpse import zoo
+
+    return zoo.build(run.model, num_classes=num_classes, image_scale=tuple(image_scale), **kwargs)
+
+
+def _set_determinism(cfg: CodebaseConfig) -> None:
+    from glimpse.engine.seed import seed_everything
+
+    seed_everything(cfg.seed)
+    if cfg.deterministic and cfg.device == "cpu":
+        torch.use_deterministic_algorithms(True)
+        torch.set_num_threads(1)
+
+
+def train_detector(cfg: CodebaseConfig, run: DetectorRun, train_set: Any) -> tuple[nn.Module, Any]:
+    """Build and train one baseline; returns ``(model, TrainResult)`` (model in eval mode).
+
+    Training starts from scratch every time (no resume), seeded with ``cfg.seed``, so the same
+    profile on the same machine gives the same weights.
+    """
+    from glimpse.engine import TrainConfig, fit
+
+    _set_determinism(cfg)
+    scale = cfg.image_scale or train_set.default_image_scale
+    model = build_model(run, len(train_set.class_names), scale)
+    train_cfg = TrainConfig(
+        max_iters=run.max_iters, batch_size=run.batch_size, lr=run.lr,
+        base_lr=0.01 if run.family == "retinanet" else 0.02,
+        warmup_iters=min(run.warmup_iters, run.max_iters), amp=cfg.device != "cpu",
+        checkpoint_every=0, keep_checkpoints=1, log_every=1, seed=cfg.seed,
+        num_threads=1 if cfg.device == "cpu" else None)
+    work = _work_dir(cfg) / run.model
+    result = fit(model, train_set, train_cfg, work, device=cfg.device, resume=False)
+    return model.eval(), result
+
+
+def evaluate_run(model: nn.Module, run: DetectorRun, val_set: Any,
+                 cfg: CodebaseConfig) -> dict[str, float]:
+    """COCO metrics of one trained baseline on ``val_set``, in percent (as the papers print).
+
+    Returns:
+        ``box_AP``, ``box_AP50``, ``box_AP75`` for detectors, ``mask_AP`` for mask models,
+        ``AR1000`` (class-agnostic proposal recall) for the RPN.
+    """
+    from glimpse.engine.evaluate import evaluate_detector
+
+    _set_determinism(cfg)
+    iou_types = ("proposal",) if run.family == "rpn" else None
+    metrics = evaluate_detector(model, val_set, device=cfg.device, iou_types=iou_types,
+                                batch_size=cfg.eval_batch_size, progress=False)
+    out: dict[str, float] = {}
+    if "proposal" in metrics:
+        out["AR1000"] = 100.0 * metrics["proposal"]["AR@1000"]
+    if "bbox" in metrics:
+        box = metrics["bbox"]
+        out.update(box_AP=100.0 * box["AP"], box_AP50=100.0 * box["AP50"],
+                   box_AP75=100.0 * box["AP75"])
+    if "segm" in metrics:
+        out["mask_AP"] = 100.0 * metrics["segm"]["AP"]
+    return out
+
+
+def baseline_table(cfg: CodebaseConfig, measured: Mapping[str, Mapping[str, float]],
+                   root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Measured metrics of each run beside the mmdetection R-50-FPN 1x values.
+
+    Args:
+        cfg: the resolved configuration (its profile, data and runs label every row).
+        measured: ``{zoo model name: evaluate_run(...) output}``.
+        root: results folder holding ``codebase/paper/mmdet_r50_1x.csv``.
+
+    Returns:
+        One row per run: ``model``, ``detector``, ``iters``, ``batch``, then for each of
+        ``box_AP``, ``mask_AP``, ``AR1000`` the mmdet value and glimpse's, then ``profile``,
+        ``data`` and the paper ``source``. Values are COCO metrics x 100. Smoke and cpu rows
+        are not comparable with the mmdet column (other data, backbone and schedule).
+    """
+    paper = paper_baselines(root).set_index("detector")
+    rows = []
+    for run in cfg.runs:
+        if run.model not in measured:
+            continue
+        m = measured[run.model]
+        fam = run.family
+        row: dict[str, Any] = {"model": run.model, "detector": fam, "iters": run.max_iters,
+                               "batch": run.batch_size}
+        for metric in ("box_AP", "mask_AP", "AR1000"):
+            ref = paper[metric].get(fam) if fam in paper.index else float("nan")
+            row[f"{metric}_mmdet"] = float(ref) if ref is not None else float("nan")
+            row[f"{metric}_glimpse"] = float(m.get(metric, float("nan")))
+        row["profile"] = cfg.profile
+        row["data"] = cfg.data
+        row["source"] = paper["source"].get(fam, "") if fam in paper.index else ""
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    # drop metric columns that no row has (e.g. AR1000 when the profile trains no RPN)
+    for metric in ("box_AP", "mask_AP", "AR1000"):
+        cols = [f"{metric}_mmdet", f"{metric}_glimpse"]
+        if not table.empty and table[cols[1]].isna().all():
+            table = table.drop(columns=cols)
+    return table
+
+
+def dry_check(cfg: CodebaseConfig) -> pd.DataFrame:
+    """Resolve every run of ``cfg`` and build its model (random init, nothing downloaded).
+
+    Used for the ``full`` profile on machines without COCO or GPUs: it checks that the
+    configuration is valid and that every model builds.
+
+    Returns:
+        One row per run: ``model``, ``params_M`` (millions), ``iters``, ``batch``, ``lr``
+        (the peak lr on 8 processes by mmdet's linear scaling rule unless set).
+    """
+    from glimpse.engine import TrainConfig
+
+    rows = []
+    scale = cfg.image_scale or (1333, 800)
+    for run in cfg.runs:
+        model = build_model(run, 80, scale, pretrained=None)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        tc = TrainConfig(max_iters=run.max_iters, batch_size=run.batch_size, lr=run.lr,
+                         base_lr=0.01 if run.family == "retinanet" else 0.02,
+                         warmup_iters=run.warmup_iters)
+        rows.append({"model": run.model, "params_M": params, "iters": run.max_iters,
+                     "batch": run.batch_size, "lr_8_gpus": tc.scaled_lr(world_size=8),
+                     "lr_steps": "/".join(str(s) for s in tc.milestones())})
+        del model
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown",
+           "tab:pink", "tab:olive", "tab:cyan")
+
+
+def _show(ax: Any, image: Tensor, title: str) -> None:
+    ax.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+    ax.set_title(title, fontsize=8)
+    ax.set_axis_off()
+
+
+def _box(ax: Any, box: Sequence[float], color: str, lw: float = 1.0, ls: str = "-",
+         alpha: float = 1.0) -> None:
+    from matplotlib.patches import Rectangle
+
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color,
+                           linewidth=lw, linestyle=ls, alpha=alpha))
+
+
+def figure_anchors(image: Tensor, target: Mapping[str, Tensor], *,
+                   strides: Sequence[int] = (4, 8, 16, 32, 64),
+                   ratios: Sequence[float] = (0.5, 1.0, 2.0), scales: Sequence[float] = (8,),
+                   pos_iou: float = 0.7, neg_iou: float = 0.3) -> Any:
+    """Anchors of each FPN level on one image and the ones the RPN assigner makes positive.
+
+    Args:
+        image: float[3, H, W] in [0, 1], at the resolution the detector sees.
+        target: its ``boxes`` (xyxy, pixels of ``image``).
+        strides, ratios, scales: the RPN anchor setting (mmdet defaults: 32 px anchors at P2).
+        pos_iou, neg_iou: RPN assigner thresholds (mmdet: 0.7 / 0.3, low-quality matches >= 0.3).
+
+    Returns:
+        A matplotlib figure: one panel per level with the anchors of the centre location
+        (dashed), the positives (solid, coloured by their ground truth) and the ground truth.
+    """
+    import matplotlib.pyplot as plt
+
+    from glimpse.assign.anchors import AnchorGenerator
+    from glimpse.assign.assigner import MaxIoUAssigner
+
+    gen = AnchorGenerator(strides, ratios=ratios, scales=scales)
+    h, w = image.shape[-2:]
+    sizes = [(math.ceil(h / s), math.ceil(w / s)) for s in strides]
+    anchors = gen.grid_anchors(sizes)
+    assigner = MaxIoUAssigner(pos_iou, neg_iou, min_pos_iou=neg_iou)
+    gt = target["boxes"].float()
+    # assign over all levels together, as the RPN does
+    result = assigner.assign(torch.cat(anchors), gt)
+    fig, axes = plt.subplots(1, len(strides), figsize=(2.2 * len(strides), 2.6))
+    start = 0
+    for level, (ax, lvl_anchors) in enumerate(zip(axes, anchors)):
+        n = lvl_anchors.shape[0]
+        inds = result.gt_inds[start:start + n]
+        start += n
+        _show(ax, image, f"P{level + 2}: stride {strides[level]}, "
+                         f"{int((inds > 0).sum())} positive")
+        for g in gt:
+            _box(ax, g, "white", lw=1.5)
+        cy, cx = sizes[level][0] // 2, sizes[level][1] // 2
+        a = gen.num_base_anchors
+        centre = lvl_anchors.view(sizes[level][0], sizes[level][1], a, 4)[cy, cx]
+        for box in centre:
+            _box(ax, box, "yellow", lw=0.8, ls="--")
+        for i in torch.nonzero(inds > 0).flatten().tolist():
+            _box(ax, lvl_anchors[i], _COLORS[(int(inds[i]) - 1) % len(_COLORS)], lw=0.8)
+        ax.set_xlim(-0.5, w - 0.5)
+        ax.set_ylim(h - 0.5, -0.5)
+    fig.suptitle("Anchors per FPN level (dashed: the centre location's anchors; "
+                 "coloured: positives, IoU >= 0.7 or best match)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def figure_roi_assignment(image: Tensor, target: Mapping[str, Tensor], proposals: Tensor, *,
+                          pos_iou: float = 0.5, max_show: int = 60) -> Any:
+    """R-CNN assignment of proposals (IoU >= 0.5 foreground, else background; mmdet 1x).
+
+    Args:
+        image: float[3, H, W] in [0, 1].
+        target: its ``boxes`` / ``labels``.
+        proposals: [P, 4] xyxy proposals on ``image`` (e.g. the RPN's top scoring).
+        pos_iou: foreground threshold.
+        max_show: at most this many background proposals are drawn.
+
+    Returns:
+        A two-panel figure: foreground proposals coloured by their ground truth, and background
+        proposals, with a histogram of the best IoUs in the title.
+    """
+    import matplotlib.pyplot as plt
+
+    from glimpse.assign.assigner import MaxIoUAssigner
+
+    assigner = MaxIoUAssigner(pos_iou, pos_iou, min_pos_iou=pos_iou, match_low_quality=False)
+    res = assigner.assign(proposals.float(), target["boxes"].float(), target.get("labels"))
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(6, 3.2))
+    fg = torch.nonzero(res.gt_inds > 0).flatten().tolist()
+    bg = torch.nonzero(res.gt_inds == 0).flatten().tolist()[:max_show]
+    _show(a0, image, f"foreground: {len(fg)} proposals (IoU >= {pos_iou})")
+    _show(a1, image, f"background: {int((res.gt_inds == 0).sum())} proposals")
+    for g in target["boxes"]:
+        _box(a0, g, "white", lw=1.5)
+        _box(a1, g, "white", lw=1.5)
+    for i in fg:
+        _box(a0, proposals[i], _COLORS[(int(res.gt_inds[i]) - 1) % len(_COLORS)], lw=0.7)
+    for i in bg:
+        _box(a1, proposals[i], "tab:gray", lw=0.5, alpha=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def figure_detections(image: Tensor, detections: Mapping[str, Mapping[str, Tensor]],
+                      class_names: Sequence[str], *, score_thr: float = 0.3,
+                      target: Mapping[str, Tensor] | None = None) -> Any:
+    """Final boxes (and masks) of several trained detectors on one image.
+
+    Args:
+        image: float[3, H, W] in [0, 1].
+        detections: ``{title: Detection}`` (``boxes`` xyxy pixels, ``labels`` 1..K,
+            ``scores``, optional ``masks`` [N, 1 or H, W] / [N, H, W]).
+        class_names: names of labels 1..K.
+        score_thr: only detections scoring at least this are drawn.
+        target: ground truth drawn in a first panel when given.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    panels = ([("ground truth", target)] if target is not None else []) + list(detections.items())
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
+    for ax, (title, det) in zip(axes[0], panels):
+        is_gt = target is not None and det is target
+        keep = (torch.ones(len(det["boxes"]), dtype=torch.bool) if is_gt
+                else det["scores"] >= score_thr)
+        canvas = image.permute(1, 2, 0).clamp(0, 1).cpu().numpy().copy()
+        if "masks" in det and len(det["masks"]):
+            masks = det["masks"]
+            masks = masks[:, 0] if masks.dim() == 4 else masks
+            for i in torch.nonzero(keep).flatten().tolist():
+                m = masks[i].cpu().numpy() > 0.5
+                color = np.array(plt.get_cmap("tab10")(int(det["labels"][i]) % 10)[:3])
+                canvas[m] = 0.5 * canvas[m] + 0.5 * color
+        ax.imshow(canvas)
+        ax.set_axis_off()
+        ax.set_title(f"{title} ({int(keep.sum())})", fontsize=8)
+        for i in torch.nonzero(keep).flatten().tolist():
+            label = int(det["labels"][i])
+            color = plt.get_cmap("tab10")(label % 10)
+            _box(ax, det["boxes"][i], color, lw=1.0)
+            text = class_names[label - 1] if 0 < label <= len(class_names) else str(label)
+            if not is_gt:
+                text += f" {float(det['scores'][i]):.2f}"
+            x0, y0 = (float(v) for v in det["boxes"][i][:2])
+            ax.text(x0, y0, text, fontsize=5, color="white",
+                    bbox={"facecolor": color, "pad": 0.5, "linewidth": 0})
+    fig.tight_layout()
+    return fig
+
+
+def figure_training_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], *,
+                           smooth: int = 20) -> Any:
+    """Total training loss per iteration of each run (moving average over ``smooth`` iters)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for name, history in histories.items():
+        its = np.array([h["iter"] for h in history], dtype=float)
+        loss = np.array([h["loss"] for h in history], dtype=float)
+        k = max(1, min(smooth, len(loss)))
+        avg = np.convolve(loss, np.ones(k) / k, mode="valid")
+        ax.plot(its[k - 1:], avg, label=name, linewidth=1)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("training loss (sum of loss_*)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
