@@ -17,6 +17,7 @@ NMS IoU 0.5, 100 detections per image.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -140,10 +141,7 @@ class RetinaHead(nn.Module):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
         # bias_init_with_prob(0.01) = -log(0.99 / 0.01) = -4.595
-        nn.init.constant_(
-            self.retina_cls.bias, -float(torch.log(torch.tensor((1 - self.prior_prob)
-                                                                  / self.prior_prob)))
-        )
+        nn.init.constant_(self.retina_cls.bias, -math.log((1 - self.prior_prob) / self.prior_prob))
 
     def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Raw per-level outputs.

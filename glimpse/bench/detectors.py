@@ -1,0 +1,218 @@
+"""``python -m glimpse bench detectors``: glimpse's detectors against torchvision's, same run.
+
+Both sides get random weights (no downloads), the same input image, the same thread count and
+matched inference settings: 1000 RPN proposals, score threshold 0 (random weights score below
+the usual 0.05, which would skip post-processing on one side), NMS 0.5 and 100 detections per
+image. Runs are interleaved (glimpse, torchvision, torchvision, glimpse, ...) and the medians
+are compared, because the machines are shared and noisy; only the same-run ratio counts.
+
+The training-step row compares one SGD step (forward, backward, update) of Faster R-CNN with
+every backbone layer trainable and BatchNorm in train mode on both sides (torchvision's
+configuration without pretrained weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["BenchCase", "main", "run"]
+
+
+@dataclass
+class BenchCase:
+    """One row: two zero-argument callables timed against each other."""
+
+    model: str
+    mode: str
+    glimpse_fn: Callable[[], object]
+    torchvision_fn: Callable[[], object]
+
+
+def _time(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _interleaved(case: BenchCase, repeats: int, warmup: int) -> tuple[float, float]:
+    """Median seconds of each side, alternating the order every repeat (ABBA...)."""
+    for _ in range(warmup):
+        case.glimpse_fn()
+        case.torchvision_fn()
+    ours, theirs = [], []
+    for r in range(repeats):
+        if r % 2 == 0:
+            ours.append(_time(case.glimpse_fn))
+            theirs.append(_time(case.torchvision_fn))
+        else:
+            theirs.append(_time(case.torchvision_fn))
+            ours.append(_time(case.glimpse_fn))
+        gc.collect()
+    return statistics.median(ours), statistics.median(theirs)
+
+
+def _set_eval_thresholds_glimpse(model: nn.Module) -> None:
+    """Score threshold 0, 1000 test proposals, 100 detections (see the module docstring)."""
+    from dataclasses import replace
+
+    head = getattr(model, "head", None)
+    if head is not None and hasattr(head, "test_cfg"):  # RetinaNet
+        head.test_cfg = replace(head.test_cfg, score_thr=0.0, max_per_img=100, nms_iou=0.5)
+    roi_heads = getattr(model, "roi_head", None)
+    if roi_heads is not None and hasattr(roi_heads, "test_cfg"):
+        roi_heads.test_cfg = replace(roi_heads.test_cfg, score_thr=0.0, max_per_img=100,
+                                     nms_iou=0.5)
+
+
+def _eval_cases(names: Sequence[str], image: Tensor) -> list[BenchCase]:
+    import torchvision.models.detection as tvd
+
+    from glimpse import zoo
+
+    h, w = image.shape[-2:]
+    # torchvision counts the background class in two-stage models (81 = 80 + 1), not in
+    # RetinaNet, so both sides predict 80 foreground classes.
+    tv_common = dict(weights=None, weights_backbone=None, min_size=min(h, w), max_size=max(h, w))
+    scale = (max(h, w), min(h, w))  # the images are already at the network's scale
+    builders: dict[str, tuple[Callable[[], nn.Module], Callable[[], nn.Module]]] = {
+        "faster_rcnn_r50_fpn": (
+            lambda: zoo.build("faster_rcnn_r50_fpn", 80, image_scale=scale),
+            lambda: tvd.fasterrcnn_resnet50_fpn(
+                **tv_common, num_classes=81, rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
+                box_score_thresh=0.0, box_nms_thresh=0.5, box_detections_per_img=100),
+        ),
+        "mask_rcnn_r50_fpn": (
+            lambda: zoo.build("mask_rcnn_r50_fpn", 80, image_scale=scale),
+            lambda: tvd.maskrcnn_resnet50_fpn(
+                **tv_common, num_classes=81, rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
+                box_score_thresh=0.0, box_nms_thresh=0.5, box_detections_per_img=100),
+        ),
+        "retinanet_r50_fpn": (
+            lambda: zoo.build("retinanet_r50_fpn", 80, image_scale=scale),
+            lambda: tvd.retinanet_resnet50_fpn(
+                **tv_common, num_classes=80, score_thresh=0.0, nms_thresh=0.5, detections_per_img=100,
+                topk_candidates=1000),
+        ),
+    }
+    cases = []
+    for name in names:
+        make_ours, make_theirs = builders[name]
+        torch.manual_seed(0)
+        ours = make_ours().eval()
+        _set_eval_thresholds_glimpse(ours)
+        theirs = make_theirs().eval()
+
+        def run_ours(model=ours):
+            with torch.inference_mode():
+                return model([image])
+
+        def run_theirs(model=theirs):
+            with torch.inference_mode():
+                return model([image])
+
+        cases.append(BenchCase(name, "inference", run_ours, run_theirs))
+    return cases
+
+
+def _train_case(image: Tensor, batch: int) -> BenchCase:
+    import torchvision.models.detection as tvd
+
+    from glimpse import zoo
+
+    h, w = image.shape[-2:]
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(batch, 6, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+    wh = 32 + torch.rand(batch, 6, 2, generator=g) * torch.tensor([w * 0.35, h * 0.35])
+    boxes = torch.cat((xy, xy + wh), dim=-1)  # [batch, 6, 4] xyxy inside the image
+    labels = torch.randint(1, 81, (batch, 6), generator=g)
+    targets = [{"boxes": boxes[i], "labels": labels[i]} for i in range(batch)]
+    images = [image] * batch
+
+    torch.manual_seed(0)
+    ours = zoo.build("faster_rcnn_r50_fpn", 80, image_scale=(max(h, w), min(h, w)),
+                     frozen_stages=-1, norm_eval=False).train()
+    theirs = tvd.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=81,
+                                         min_size=min(h, w), max_size=max(h, w)).train()
+    opt_ours = torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=1e-4)
+    opt_theirs = torch.optim.SGD([p for p in theirs.parameters() if p.requires_grad], lr=1e-4)
+
+    def step(model: nn.Module, opt: torch.optim.Optimizer) -> float:
+        losses = model(images, targets)
+        loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    return BenchCase(f"faster_rcnn_r50_fpn (batch {batch})", "train step",
+                     lambda: step(ours, opt_ours), lambda: step(theirs, opt_theirs))
+
+
+def run(
+    repeats: int = 5,
+    threads: int = 1,
+    quick: bool = False,
+    models: Sequence[str] = ("faster_rcnn_r50_fpn", "mask_rcnn_r50_fpn", "retinanet_r50_fpn"),
+    train: bool = True,
+    train_batch: int = 2,
+    warmup: int = 1,
+):
+    """Time every case; returns a pandas DataFrame (one row per case)."""
+    import pandas as pd
+
+    torch.set_num_threads(threads)
+    size = (384, 576) if quick else (800, 1216)
+    image = torch.rand(3, *size, generator=torch.Generator().manual_seed(0))
+    cases = _eval_cases(models, image)
+    if train:
+        cases.append(_train_case(image, train_batch))
+    rows = []
+    for case in cases:
+        ours, theirs = _interleaved(case, repeats, warmup)
+        rows.append({
+            "model": case.model,
+            "mode": case.mode,
+            "input": f"{size[0]}x{size[1]}",
+            "glimpse_s": ours,
+            "torchvision_s": theirs,
+            "ratio": ours / theirs,
+        })
+        print(f"{case.model:32s} {case.mode:10s} glimpse {ours:7.3f}s  torchvision "
+              f"{theirs:7.3f}s  ratio {ours / theirs:5.2f}", flush=True)
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m glimpse bench detectors",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per side (median)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--quick", action="store_true", help="384x576 input instead of 800x1216")
+    parser.add_argument("--models", nargs="+",
+                        default=["faster_rcnn_r50_fpn", "mask_rcnn_r50_fpn", "retinanet_r50_fpn"],
+                        choices=["faster_rcnn_r50_fpn", "mask_rcnn_r50_fpn", "retinanet_r50_fpn"])
+    parser.add_argument("--no-train", action="store_true", help="skip the training-step row")
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.threads < 1:
+        parser.error("--repeats and --threads must be >= 1")
+    df = run(args.repeats, args.threads, args.quick, args.models, not args.no_train,
+             args.train_batch)
+    print(df.to_string(index=False))
+    if not args.no_write:
+        from glimpse.report import write_bench
+
+        machine = {"threads": args.threads, "repeats": args.repeats,
+                   "torch": torch.__version__, "device": "cpu"}
+        path = write_bench("detectors", df, machine=machine)
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,117 @@
+"""The model zoo: every name builds, exact mmdetection parameter counts, kwargs routing, and a
+train + eval forward of every slim smoke model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from glimpse import zoo
+
+# mmdetection 3.3.0 parameter counts (../shared/tools/mmdet-oracle/README.md: all
+# ``parameters()``, BN affine included, 80 classes, 1x configs).
+MMDET_PARAMS = {
+    "faster_rcnn_r50_fpn": 41_753_056,
+    "mask_rcnn_r50_fpn": 44_396_336,
+    "fast_rcnn_r50_fpn": 41_159_121,
+    "rpn_r50_fpn": 27_446_351,
+    "retinanet_r50_fpn": 37_968_692,
+    "cascade_rcnn_r50_fpn": 69_394_766,
+    "cascade_mask_rcnn_r50_fpn": 77_324_606,
+    "faster_rcnn_x101_32x4d_fpn": 60_373_728,
+    "mask_rcnn_x101_32x4d_fpn": 63_017_008,
+}
+
+FAMILIES = ["faster_rcnn", "mask_rcnn", "fast_rcnn", "rpn", "retinanet", "cascade_rcnn",
+            "cascade_mask_rcnn"]
+BACKBONES = ["r50", "r101", "x50_32x4d", "x101_32x4d", "slim"]
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_names_cover_every_family_and_backbone():
+    expected = {f"{f}_{b}_fpn" for f in FAMILIES for b in BACKBONES}
+    assert expected <= set(zoo.names())
+    assert zoo.names() == sorted(zoo.names())
+    assert set(FAMILIES) <= set(zoo.methods())
+    rows = zoo.describe()
+    assert {"name": "retinanet_slim_fpn", "detector": "retinanet", "backbone": "slim"} in rows
+
+
+def test_unknown_name_lists_known_models():
+    with pytest.raises(KeyError, match="unknown model 'yolo_r50_fpn'.*faster_rcnn_r50_fpn"):
+        zoo.build("yolo_r50_fpn")
+
+
+@pytest.mark.parametrize("name", sorted(MMDET_PARAMS))
+def test_parameter_counts_match_mmdet(name):
+    with torch.device("meta"):  # no memory, no init compute: counts only
+        model = zoo.build(name, 80)
+    assert _count(model) == MMDET_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", [n for n in zoo.names() if not n.endswith("_slim_fpn")])
+def test_every_full_size_name_builds(name):
+    with torch.device("meta"):
+        model = zoo.build(name, num_classes=7)
+    assert isinstance(model, nn.Module) and _count(model) > 10_000_000
+
+
+def test_backbone_kwargs_are_routed(tmp_path):
+    missing = tmp_path / "weights" / "r50.pth"
+    with pytest.raises(FileNotFoundError, match="r50.pth"):
+        zoo.build("retinanet_slim_fpn", 3, pretrained=str(missing))
+    model = zoo.build("retinanet_slim_fpn", 3, frozen_stages=1, image_scale=(64, 64))
+    assert not model.backbone.layer1[0].conv1.weight.requires_grad
+    assert model.backbone.layer2[0].conv1.weight.requires_grad
+    model = zoo.build("retinanet_slim_fpn", 3, backbone_kwargs={"base_width": 16})
+    assert model.backbone.out_channels["c5"] == 512
+    with pytest.raises(TypeError):
+        zoo.build("retinanet_slim_fpn", 3, not_an_option=1)
+
+
+def test_build_backbone():
+    assert zoo.build_backbone("r50").out_channels["c5"] == 2048
+    assert zoo.build_backbone("faster_rcnn_slim_fpn").out_channels["c5"] == 1024
+
+
+def _tiny_batch():
+    images = [torch.rand(3, 64, 80), torch.rand(3, 48, 64)]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0], [30.0, 10.0, 70.0, 30.0]]),
+         "labels": torch.tensor([1, 2]),
+         "masks": torch.zeros(2, 64, 80, dtype=torch.uint8)},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+         "masks": torch.zeros(0, 48, 64, dtype=torch.uint8)},
+    ]
+    targets[0]["masks"][0, 6:50, 4:40] = 1
+    targets[0]["masks"][1, 10:30, 30:70] = 1
+    for t in targets:  # Fast R-CNN trains on given proposals
+        t["proposals"] = torch.cat((t["boxes"], torch.tensor([[0.0, 0.0, 32.0, 32.0],
+                                                              [10.0, 8.0, 44.0, 40.0]])))
+    return images, targets
+
+
+@pytest.mark.parametrize("name", [n for n in zoo.names() if n.endswith("_slim_fpn")])
+def test_slim_models_train_and_eval(name):
+    torch.manual_seed(0)
+    model = zoo.build(name, num_classes=2, image_scale=(64, 64))
+    images, targets = _tiny_batch()
+    model.train()
+    losses = model(images, targets)
+    total = sum(v for k, v in losses.items() if k.startswith("loss_"))
+    assert torch.isfinite(total) and total > 0
+    total.backward()
+    model.eval()
+    with torch.no_grad():
+        if name.startswith("fast_rcnn"):
+            dets = model(images, proposals=[t["proposals"] for t in targets])
+        else:
+            dets = model(images)
+    assert len(dets) == 2
+    for det in dets:
+        assert {"boxes", "scores", "labels"} <= set(det)
+        assert det["boxes"].shape[-1] == 4
