@@ -1,1 +1,1 @@
-
+"""Dense heads (RPN, RetinaNet) and RoI heads (box, mask, cascade): forward / loss / predict."""

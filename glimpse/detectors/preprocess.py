@@ -1,0 +1,218 @@
+"""Batch preparation for detectors: resize, normalise, pad (mmdetection's test/train pipeline
+inside the model), and the inverse mapping of predictions back to original pixels.
+
+Models take images at their original resolution (``list[Tensor[3, H, W]]`` in [0, 1]) and return
+boxes and masks in those pixels, so the dataset, the evaluator and the notebooks never see the
+network's input scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glimpse.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    normalize,
+    pad_batch,
+    rescale_size,
+    resize_image,
+    resize_target,
+)
+from glimpse.structures import Detection, Target
+
+__all__ = ["ImageBatch", "DetectionPreprocessor", "paste_masks"]
+
+
+@dataclass
+class ImageBatch:
+    """A padded, normalised batch and the geometry needed to undo it.
+
+    Attributes:
+        tensor: [B, 3, H, W] normalised images, zero-padded bottom/right.
+        image_sizes: (height, width) of each resized image before padding (mmdet ``img_shape``).
+        pad_sizes: (height, width) of each resized image padded alone to the size divisor
+            (mmdet ``pad_shape``; anchors beyond it are invalid).
+        original_sizes: (height, width) of each input image.
+        targets: the targets mapped to the resized frame (train mode), else None.
+        proposals: [P_i, 4] xyxy proposals in the resized frame (Fast R-CNN), else None.
+    """
+
+    tensor: Tensor
+    image_sizes: list[tuple[int, int]]
+    pad_sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
+    targets: list[Target] | None = None
+    proposals: list[Tensor] | None = None
+
+    def scale_factors(self, index: int) -> tuple[float, float]:
+        """(x, y) factors from original to resized pixels of image ``index``."""
+        (h, w), (oh, ow) = self.image_sizes[index], self.original_sizes[index]
+        return w / ow, h / oh
+
+
+class DetectionPreprocessor(nn.Module):
+    """Keep-ratio resize, pytorch-style normalisation and padding, as mmdetection's pipeline.
+
+    Args:
+        image_scale: (long edge, short edge) bound of the resize (1333x800 in the papers).
+        size_divisor: pad height and width to a multiple of this (32; 64 with CARAFE's FPN).
+        mean: per-channel mean in 0..255 units (RGB, mmdet's pytorch style).
+        std: per-channel std in 0..255 units.
+    """
+
+    def __init__(
+        self,
+        image_scale: tuple[int, int] = (1333, 800),
+        size_divisor: int = 32,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        if len(image_scale) != 2 or min(image_scale) <= 0:
+            raise ValueError(f"image_scale must be two positive ints, got {image_scale}")
+        if size_divisor <= 0:
+            raise ValueError(f"size_divisor must be positive, got {size_divisor}")
+        self.image_scale = (int(image_scale[0]), int(image_scale[1]))
+        self.size_divisor = int(size_divisor)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def forward(
+        self,
+        images: Sequence[Tensor],
+        targets: Sequence[Target] | None = None,
+        proposals: Sequence[Tensor] | None = None,
+    ) -> ImageBatch:
+        """Resize, normalise and pad ``images``; map ``targets`` / ``proposals`` alongside.
+
+        Args:
+            images: ``B`` tensors [3, H_i, W_i], float in [0, 1], original resolution.
+            targets: optional per-image targets in original pixels.
+            proposals: optional per-image [P_i, >=4] xyxy proposals in original pixels (extra
+                columns such as scores are dropped).
+
+        Returns:
+            :class:`ImageBatch`.
+        """
+        self._check_inputs(images, targets, proposals)
+        resized, image_sizes, originals, new_targets, new_props = [], [], [], [], []
+        for i, image in enumerate(images):
+            size = (int(image.shape[-2]), int(image.shape[-1]))
+            new_size, _ = rescale_size(size, self.image_scale)
+            resized.append(normalize(resize_image(image, new_size), self.mean, self.std))
+            originals.append(size)
+            image_sizes.append(new_size)
+            if targets is not None:
+                new_targets.append(resize_target(targets[i], size, new_size))
+            if proposals is not None:
+                box = proposals[i][:, :4].to(image)
+                scale = box.new_tensor([new_size[1] / size[1], new_size[0] / size[0]] * 2)
+                new_props.append(box * scale)
+        tensor, _ = pad_batch(resized, self.size_divisor)
+        d = self.size_divisor
+        pad_sizes = [((h + d - 1) // d * d, (w + d - 1) // d * d) for h, w in image_sizes]
+        if targets is not None and all("proposals" in t for t in new_targets) and not new_props:
+            new_props = [t["proposals"][:, :4] for t in new_targets]
+        return ImageBatch(tensor, image_sizes, pad_sizes, originals,
+                          new_targets if targets is not None else None, new_props or None)
+
+    @staticmethod
+    def _check_inputs(images, targets, proposals) -> None:
+        if len(images) == 0:
+            raise ValueError("detector got an empty list of images")
+        for i, image in enumerate(images):
+            if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
+                shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+                raise ValueError(f"image {i}: expected a [3, H, W] tensor, got {shape}")
+            if not image.is_floating_point():
+                raise ValueError(f"image {i}: expected float values in [0, 1], got {image.dtype}")
+            if image.shape[1] == 0 or image.shape[2] == 0:
+                raise ValueError(f"image {i}: empty image of shape {tuple(image.shape)}")
+        for name, seq in (("targets", targets), ("proposals", proposals)):
+            if seq is not None and len(seq) != len(images):
+                raise ValueError(f"got {len(images)} images but {len(seq)} {name}")
+        for i, t in enumerate(targets or ()):
+            boxes = t.get("boxes")
+            labels = t.get("labels")
+            tag = f"target {i} (image_id {t.get('image_id', '?')})"
+            if boxes is None or labels is None:
+                raise ValueError(f"{tag}: needs 'boxes' and 'labels'")
+            if boxes.dim() != 2 or boxes.shape[-1] != 4 or labels.shape != boxes.shape[:1]:
+                raise ValueError(f"{tag}: boxes {tuple(boxes.shape)} / labels "
+                                 f"{tuple(labels.shape)} do not match [N, 4] / [N]")
+            if labels.numel() and int(labels.min()) < 1:
+                raise ValueError(f"{tag}: labels must be 1..K (0 is background)")
+            if not torch.isfinite(boxes).all():
+                raise ValueError(f"{tag}: non-finite box coordinates")
+
+    def postprocess(self, detections: Sequence[dict[str, Tensor]], batch: ImageBatch,
+                    mask_threshold: float = 0.5) -> list[Detection]:
+        """Map detections from the resized frame back to original pixels.
+
+        Args:
+            detections: per-image dicts with ``boxes`` [D, 4] (resized frame), ``scores``,
+                ``labels`` and optionally ``mask_probs`` [D, M, M] (probabilities inside each
+                box).
+            batch: the batch the detections were computed on.
+            mask_threshold: binarisation threshold of pasted masks (0.5, mmdet ``>=``).
+
+        Returns:
+            One :class:`~glimpse.structures.Detection` per image; ``masks`` are uint8
+            [D, H, W] at the original resolution when ``mask_probs`` was given.
+        """
+        out: list[Detection] = []
+        for i, det in enumerate(detections):
+            sx, sy = batch.scale_factors(i)
+            oh, ow = batch.original_sizes[i]
+            boxes = det["boxes"] / det["boxes"].new_tensor([sx, sy, sx, sy])
+            boxes = torch.stack((boxes[:, 0].clamp(0, ow), boxes[:, 1].clamp(0, oh),
+                                 boxes[:, 2].clamp(0, ow), boxes[:, 3].clamp(0, oh)), dim=1)
+            result: Detection = {"boxes": boxes, "labels": det["labels"], "scores": det["scores"]}
+            if "mask_probs" in det:
+                result["masks"] = paste_masks(det["mask_probs"], boxes, (oh, ow), mask_threshold)
+            out.append(result)
+        return out
+
+
+def paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int],
+                threshold: float = 0.5) -> Tensor:
+    """Paste per-box mask probabilities into full images (mmdet v2 ``_do_paste_mask``).
+
+    Each [M, M] mask is stretched over its box: the image pixel whose centre is ``(x + 0.5,
+    y + 0.5)`` reads the mask bilinearly at ``((x + 0.5 - x1) / (x2 - x1)) * M`` (grid_sample,
+    align_corners=False, zero outside), then ``>= threshold``. Only the box's neighbourhood is
+    sampled, so memory stays O(box area) per mask.
+
+    Args:
+        mask_probs: [D, M, M] probabilities.
+        boxes: [D, 4] xyxy boxes in the target image's pixels.
+        image_size: (height, width) of the target image.
+        threshold: binarisation threshold.
+
+    Returns:
+        uint8 [D, height, width] binary masks.
+    """
+    h, w = image_size
+    out = torch.zeros((boxes.shape[0], h, w), dtype=torch.uint8, device=boxes.device)
+    for i in range(boxes.shape[0]):
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
+        # pixel range touched by the box, one pixel of margin for bilinear spill
+        c0, r0 = max(int(x1) - 1, 0), max(int(y1) - 1, 0)
+        c1, r1 = min(int(x2) + 2, w), min(int(y2) + 2, h)
+        if c1 <= c0 or r1 <= r0 or x2 <= x1 or y2 <= y1:
+            continue
+        xs = (torch.arange(c0, c1, device=boxes.device, dtype=torch.float32) + 0.5 - x1)
+        ys = (torch.arange(r0, r1, device=boxes.device, dtype=torch.float32) + 0.5 - y1)
+        gx = xs / (x2 - x1) * 2 - 1
+        gy = ys / (y2 - y1) * 2 - 1
+        grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1)  # [h, w, 2]
+        pasted = F.grid_sample(mask_probs[i][None, None].float(), grid[None],
+                               align_corners=False)[0, 0]
+        out[i, r0:r1, c0:c1] = (pasted >= threshold).to(torch.uint8)
+    return out
