@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -30,6 +32,7 @@ __all__ = [
     "inference",
     "coco_results",
     "coco_from_dict",
+    "load_results",
     "coco_evaluate",
     "proposal_recall",
     "evaluate_detector",
@@ -172,6 +175,60 @@ def coco_from_dict(data: dict[str, Any]) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def load_results(path: str | os.PathLike, iou_type: str = "bbox") -> list[dict[str, Any]]:
+    """Read and check a COCO results JSON file.
+
+    Args:
+        path: the file (a JSON list of ``{"image_id", "category_id", "bbox", "score"}``, plus
+            ``"segmentation"`` for segm).
+        iou_type: ``"bbox"``, ``"segm"`` or ``"proposal"`` (``category_id`` optional).
+
+    Raises:
+        ValueError: naming the file and the first problem (missing, not JSON, wrong fields).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: results file not found")
+    try:
+        with open(path, "rb") as f:
+            rows = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, "
+                         f"column {e.colno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the results file ({e})") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: COCO results must be a JSON list, found {type(rows).__name__}")
+    required = ["image_id", "bbox", "score"]
+    if iou_type != "proposal":
+        required.append("category_id")
+    if iou_type == "segm":
+        required.append("segmentation")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise ValueError(f"{path}: result #{i} is not an object")
+        missing = [k for k in required if k not in r]
+        if missing:
+            raise ValueError(f"{path}: result #{i} lacks {', '.join(missing)}")
+        box = r["bbox"]
+        if not (isinstance(box, list) and len(box) == 4 and all(_finite(v) for v in box)):
+            raise ValueError(f"{path}: result #{i} has bbox {box!r}, expected [x, y, w, h]")
+        if not _finite(r["score"]):
+            raise ValueError(f"{path}: result #{i} has score {r['score']!r}, expected a number")
+        segm = r.get("segmentation")
+        if iou_type == "segm" and not (
+            isinstance(segm, dict) and isinstance(segm.get("counts"), (str, list))
+            and isinstance(segm.get("size"), list) and len(segm["size"]) == 2
+        ):
+            raise ValueError(f"{path}: result #{i} has no RLE segmentation "
+                             "({'size': [h, w], 'counts': ...})")
+    return rows
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _load_results(coco_gt: COCO, results: Sequence[dict[str, Any]], need: str) -> COCO:
