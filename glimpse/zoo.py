@@ -27,6 +27,12 @@ from typing import Any
 
 from torch import nn
 
+from glimpse.backbones.fishnet import (
+    fishnet99_backbone,
+    fishnet150_backbone,
+    fishnet188_backbone,
+    fishnet_slim_backbone,
+)
 from glimpse.backbones.resnet import (
     resnet50,
     resnet101,
@@ -38,6 +44,7 @@ from glimpse.backbones.resnet import (
 __all__ = [
     "BACKBONES",
     "BACKBONE_KWARGS",
+    "CLASSIFIERS",
     "DETECTORS",
     "MODELS",
     "ModelSpec",
@@ -110,6 +117,12 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "x50_32x4d": resnext50_32x4d,
     "x101_32x4d": resnext101_32x4d,
     "slim": resnet_slim,
+    # FishNet trunks, c2..c5 = body stage 6 and head stages 7-9; FishNet-188 is a documented
+    # reconstruction (glimpse.backbones.fishnet.fishnet188).
+    "fishnet99": fishnet99_backbone,
+    "fishnet150": fishnet150_backbone,
+    "fishnet188": fishnet188_backbone,
+    "fishnet_slim": fishnet_slim_backbone,
 }
 
 # Options that :func:`build` routes to the backbone instead of the detector builder.
@@ -173,12 +186,41 @@ MODELS: dict[str, ModelSpec] = {
     "cascade_mask_rcnn_x50_32x4d_fpn": ModelSpec("cascade_mask_rcnn", "x50_32x4d"),
     "cascade_mask_rcnn_x101_32x4d_fpn": ModelSpec("cascade_mask_rcnn", "x101_32x4d"),
     "cascade_mask_rcnn_slim_fpn": ModelSpec("cascade_mask_rcnn", "slim", SLIM_DEFAULTS),
+    # FishNet paper (the talk's COCO table: Mask R-CNN with FishNet-188)
+    "mask_rcnn_fishnet188_fpn": ModelSpec("mask_rcnn", "fishnet188"),
+    "faster_rcnn_fishnet99_fpn": ModelSpec("faster_rcnn", "fishnet99"),
+    "faster_rcnn_fishnet150_fpn": ModelSpec("faster_rcnn", "fishnet150"),
+    "mask_rcnn_fishnet_slim_fpn": ModelSpec("mask_rcnn", "fishnet_slim", SLIM_DEFAULTS),
+    "faster_rcnn_fishnet_slim_fpn": ModelSpec("faster_rcnn", "fishnet_slim", SLIM_DEFAULTS),
+}
+
+
+def _classifier(fn_name: str) -> Callable[..., nn.Module]:
+    """An image classifier builder ``f(num_classes=1000, **kwargs)`` of glimpse.classification,
+    imported when first called."""
+
+    def build_classifier(num_classes: int = 1000, **kwargs: Any) -> nn.Module:
+        from glimpse import classification
+
+        return getattr(classification, fn_name)(num_classes, **kwargs)
+
+    return build_classifier
+
+
+# Image classifiers (``glimpse.classification.ImageClassifier``; default 1000 classes).
+CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
+    "fishnet99": _classifier("fishnet99_classifier"),
+    "fishnet150": _classifier("fishnet150_classifier"),
+    "fishnet201": _classifier("fishnet201_classifier"),
+    "resnet50_cls": _classifier("resnet50_classifier"),
+    "resnet101_cls": _classifier("resnet101_classifier"),
+    "resnet152_cls": _classifier("resnet152_classifier"),
 }
 
 
 def names() -> list[str]:
-    """All model names, sorted."""
-    return sorted(MODELS)
+    """All model names (detectors and classifiers), sorted."""
+    return sorted([*MODELS, *CLASSIFIERS])
 
 
 def methods() -> list[str]:
@@ -190,6 +232,7 @@ def describe() -> list[dict[str, str]]:
     """One row per model: ``{"name", "detector", "backbone"}``, sorted by name."""
     return [
         {"name": n, "detector": MODELS[n].detector, "backbone": MODELS[n].backbone}
+        if n in MODELS else {"name": n, "detector": "classifier", "backbone": n}
         for n in names()
     ]
 
@@ -211,7 +254,7 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
 
 def build(
     name: str,
-    num_classes: int = 80,
+    num_classes: int | None = None,
     *,
     backbone_kwargs: dict[str, Any] | None = None,
     **kwargs: Any,
@@ -220,7 +263,8 @@ def build(
 
     Args:
         name: a key of :data:`MODELS` (see :func:`names`).
-        num_classes: K foreground classes.
+        num_classes: K foreground classes; None means 80 (COCO) for detectors and 1000
+            (ImageNet) for the classifiers of :data:`CLASSIFIERS`.
         backbone_kwargs: extra keyword arguments of the backbone function.
         **kwargs: detector builder keywords (``image_scale``, ``fpn_channels``, ...); those in
             :data:`BACKBONE_KWARGS` (``pretrained``, ``frozen_stages``, ...) go to the backbone.
@@ -228,6 +272,9 @@ def build(
     Raises:
         KeyError: unknown name (the message lists the known ones).
     """
+    if name in CLASSIFIERS:
+        return CLASSIFIERS[name](1000 if num_classes is None else num_classes, **kwargs)
+    num_classes = 80 if num_classes is None else num_classes
     spec = _spec_of(name)
     bb_kwargs = {**spec.backbone_defaults, **{k: kwargs.pop(k) for k in list(kwargs)
                                               if k in BACKBONE_KWARGS}}
