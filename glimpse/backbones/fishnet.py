@@ -54,6 +54,10 @@ __all__ = [
     "fishnet188",
     "fishnet201",
     "fishnet_backbone",
+    "fishnet99_backbone",
+    "fishnet150_backbone",
+    "fishnet188_backbone",
+    "fishnet_slim_backbone",
 ]
 
 NormLayer = Callable[[int], nn.Module]
@@ -412,3 +416,24 @@ def fishnet_backbone(depth: int | FishNetConfig = 99, *,
         raise ValueError(f"fishnet_backbone: depth must be one of {sorted(configs)} or a "
                          f"FishNetConfig, got {depth!r}")
     return FishNetBackbone(config, norm_layer=norm_layer)
+
+
+def fishnet99_backbone(**kwargs) -> FishNetBackbone:
+    """FishNet-99 trunk for FPN detectors (c2..c5: 320, 832, 1600, 2112 channels)."""
+    return FishNetBackbone(FISHNET99, **kwargs)
+
+
+def fishnet150_backbone(**kwargs) -> FishNetBackbone:
+    """FishNet-150 trunk for FPN detectors (c2..c5: 320, 832, 1600, 2112 channels)."""
+    return FishNetBackbone(FISHNET150, **kwargs)
+
+
+def fishnet188_backbone(**kwargs) -> FishNetBackbone:
+    """FishNet-188 trunk (a reconstruction, see :func:`fishnet188`) for FPN detectors."""
+    return FishNetBackbone(FISHNET188, **kwargs)
+
+
+def fishnet_slim_backbone(**kwargs) -> FishNetBackbone:
+    """FishNet-99 layout at 1/8 width (0.21M parameters; c2..c5: 40, 104, 200, 264 channels),
+    the FishNet stand-in of smoke runs."""
+    return FishNetBackbone(FISHNET_SLIM, **kwargs)
