@@ -23,7 +23,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from glimpse.structures import Detection, box_xyxy_to_xywh
 
@@ -136,7 +136,7 @@ def coco_results(
         rles: list[dict[str, Any]] | None = None
         if with_masks:
             if "masks" not in det:
-                raise ValueError(f"image {image_id}: with_masks=True but the detection has no masks")
+                raise ValueError(f"image {image_id}: with_masks=True but a detection has no masks")
             rles = _encode_masks(det["masks"])
         for i, (box, score, label) in enumerate(zip(boxes, scores, labels)):
             label = int(label)

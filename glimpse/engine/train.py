@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from glimpse.engine.distributed import DistInfo, ShardedBatchSampler, init_distributed
 from glimpse.engine.seed import get_rng_state, seed_everything, seed_worker, set_rng_state
