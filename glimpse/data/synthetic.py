@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 # Bump when the generator's output changes, so that cached sets are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 THING_CLASSES = ("rectangle", "ellipse", "triangle", "cross", "ring", "diamond")
 STUFF_CLASSES = ("sky", "grass", "sand")
@@ -126,14 +126,18 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return m @ grid @ m.T
 
 
-def _thing_texture(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
-    """[size, size, 3] appearance of one instance of class ``label``."""
+def _thing_texture(rng: np.random.Generator, label: int, y0: int, x0: int, h: int,
+                   w: int) -> np.ndarray:
+    """[h, w, 3] appearance of one instance of class ``label`` over the crop at (y0, x0).
+
+    Patterns use absolute image coordinates, so only the crop holding the instance is drawn.
+    """
     base, kind = _THING_STYLE[label]
     colour = np.clip(np.asarray(base) + rng.uniform(-0.08, 0.08, 3), 0, 1)
     colour = colour * rng.uniform(0.85, 1.05)
-    yy, xx = np.mgrid[0:size, 0:size]
+    yy, xx = np.mgrid[y0:y0 + h, x0:x0 + w]
     if kind == "noise":
-        pattern = rng.normal(0.0, 0.06, (size, size))
+        pattern = rng.normal(0.0, 0.06, (h, w))
     elif kind == "hstripes":
         period = rng.uniform(3.0, 6.0)
         pattern = 0.15 * np.sign(np.sin(2 * np.pi * yy / period))
@@ -144,7 +148,7 @@ def _thing_texture(rng: np.random.Generator, label: int, size: int) -> np.ndarra
         period = rng.uniform(4.0, 8.0)
         pattern = -0.25 * (np.sin(2 * np.pi * (xx + yy) / period) > 0.3)
     else:  # flat
-        pattern = rng.normal(0.0, 0.02, (size, size))
+        pattern = rng.normal(0.0, 0.02, (h, w))
     return np.clip(colour[None, None, :] + pattern[..., None], 0.0, 1.0)
 
 
@@ -260,8 +264,11 @@ def _render_image(rng: np.random.Generator, size: int, min_instances: int,
                 break
         else:
             continue
-        texture = _thing_texture(rng, label, size)
-        image[mask] = texture[mask]
+        ys, xs = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+        y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+        crop = mask[y0:y1, x0:x1]
+        texture = _thing_texture(rng, label, y0, x0, y1 - y0, x1 - x0)
+        image[y0:y1, x0:x1][crop] = texture[crop]
         sem[mask] = label
         owner[mask] = len(placed)
         placed.append((label, mask, poly if hole is None else [], int(mask.sum())))
@@ -285,7 +292,7 @@ def _render_image(rng: np.random.Generator, size: int, min_instances: int,
 
 def _save_png(array: np.ndarray, path: Path) -> None:
     # Fixed writer settings and no metadata chunks -> identical bytes for identical pixels.
-    Image.fromarray(array).save(path, format="PNG", optimize=False, compress_level=6)
+    Image.fromarray(array).save(path, format="PNG", optimize=False, compress_level=1)
 
 
 def generate(out_dir: str | os.PathLike, *, num_images: int, image_size: int, seed: int,
