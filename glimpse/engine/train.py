@@ -462,7 +462,9 @@ class _Trainer:
         )
 
     def _reduce(self, outputs: dict[str, Any], total: Tensor) -> dict[str, float]:
-        """Detached scalars of one micro-batch, averaged over ranks: ``loss`` then each key."""
+        """Detached scalars of one micro-batch, averaged over ranks: ``loss`` then each key.
+
+        Every rank must return the same keys (one ``all_reduce`` of the stacked values)."""
         keys = sorted(outputs)
         values = [total.detach().float().reshape(())]
         for k in keys:
@@ -480,8 +482,20 @@ class _Trainer:
         cfg, info = self.cfg, self.info
         seed_everything(cfg.seed + info.rank)
         start, history = self._resume() if resume else (0, [])
+        if info.world_size > 1:
+            starts: list[Any] = [None] * info.world_size
+            dist.all_gather_object(starts, start)
+            if len(set(starts)) != 1:
+                raise RuntimeError(
+                    f"ranks would resume from different iterations {starts}: "
+                    f"{self.work_dir / LAST_CHECKPOINT} must be on storage every node sees"
+                )
         if info.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
+            # temporary files of a run killed mid-write
+            for pattern in (".*.tmp*", "checkpoints/.*.tmp*"):
+                for stale in self.work_dir.glob(pattern):
+                    stale.unlink()
             atomic_write(
                 self.work_dir / "config.json",
                 json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True) + "\n",

@@ -190,11 +190,13 @@ def test_resume_from_a_middle_checkpoint_is_exact(tmp_path):
         if int(p.stem.split("_")[1]) > 10:
             p.unlink()
     shutil.copyfile(run / "checkpoints" / "iter_10.pt", run / "last.pt")
+    (run / "checkpoints" / ".iter_15.pt.tmp999").write_bytes(b"cut by the kill")
     resumed = ToyNet()
     result = fit(resumed, ToyDataset(), cfg, run, resume=True, collate_fn=toy_collate)
     assert resumed.seen == full.seen[10:]
     _assert_same_weights(resumed.state_dict(), full.state_dict())
     assert [h["iter"] for h in result.history] == list(range(1, 21))  # 1..10 read from the log
+    assert not list((run / "checkpoints").glob(".*"))  # the killed write's temporary is gone
     full_log = (tmp_path / "full" / "log.jsonl").read_text().splitlines()
     run_log = (run / "log.jsonl").read_text().splitlines()
     strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "time"} for x in lines]
@@ -316,3 +318,23 @@ def test_amp_on_cuda(tmp_path):
     fit(resumed, ToyDataset(), cfg, tmp_path, device="cuda", resume=True, collate_fn=toy_collate)
     for a, b in zip(model.parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_a_classifier_trains_through_the_same_loop(tmp_path):
+    """glimpse's ImageClassifier on synthetic stripes, with the default collate: it learns."""
+    from torch import nn
+
+    from glimpse.classification import ImageClassifier
+    from glimpse.data.imagenet import SyntheticClassification
+
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 5, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 4),
+    )  # fmt: skip
+    model = ImageClassifier(net, num_classes=4)
+    data = SyntheticClassification(num_classes=4, num_images=32, size=24)
+    cfg = TrainConfig(max_iters=40, batch_size=8, lr=0.1, warmup_iters=0, checkpoint_every=0)
+    history = fit(model, data, cfg, tmp_path).history
+    first = sum(h["loss_cls"] for h in history[:5]) / 5
+    last = sum(h["loss_cls"] for h in history[-5:]) / 5
+    assert "stats_top1" in history[0] and last < first
