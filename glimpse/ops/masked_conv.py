@@ -88,6 +88,10 @@ def masked_conv2d_ref(
         (N, Co, Ho, Wo).
     """
     mask, padding = _prepare(features, mask, weight, bias, padding)
+    if mask.numel() == 0:
+        # conv2d rejects zero-size maps; keep the graph so that backward still works.
+        shape = (mask.shape[0], weight.shape[0], *mask.shape[1:])
+        return features.new_zeros(shape) + (features.sum() + weight.sum()) * 0
     out = F.conv2d(features, weight, bias, padding=padding)
     return out.masked_fill(~(mask > 0).unsqueeze(1), 0)
 

@@ -21,7 +21,8 @@ at::Tensor masked_conv2d_impl(const at::Tensor& features, const at::Tensor& mask
   const int64_t co = weight.size(0);
   auto out = at::zeros({feat.size(0), co, ho, wo}, feat.options());
   const auto selected = mask.scalar_type() == at::kBool ? mask : mask.gt(0);
-  const auto index = at::nonzero(selected);  // (M, 3): n, y, x
+  // nonzero returns a column-major (M, 3) tensor; the kernels read rows [n, y, x].
+  const auto index = at::nonzero(selected).contiguous();
   const int64_t m = index.size(0);
   if (m == 0 || out.numel() == 0) return out;
   const int64_t kh = weight.size(2);
