@@ -95,7 +95,7 @@ def check_coco(image_dir: str | Path, ann_file: str | Path, *, decode: bool = Tr
     """Validate a COCO instances data set and collect every problem.
 
     Kinds reported: those of :func:`~glimpse.data.coco.find_structure_problems`
-    (``missing_keys``, ``duplicate_image_id``, ``duplicate_annotation_id``,
+    (``missing_keys``, ``non_integer_id``, ``duplicate_image_id``, ``duplicate_annotation_id``,
     ``duplicate_category_id``, ``unknown_image_id``, ``unknown_category_id``, ``bad_bbox``)
     plus ``missing_image``, ``unreadable_image``, ``size_mismatch``, ``zero_area_box``
     (width or height <= 0), ``box_outside_image`` (more than 1 px beyond the image border),
@@ -123,7 +123,8 @@ def check_coco(image_dir: str | Path, ann_file: str | Path, *, decode: bool = Tr
         if not (isinstance(im, dict) and all(k in im for k in ("id", "file_name", "width",
                                                                 "height"))):
             continue  # already reported as missing_keys
-        images.setdefault(im["id"], im)
+        if isinstance(im["id"], (int, str)):
+            images.setdefault(im["id"], im)
         if image_dir.is_dir():
             _check_image(report, image_dir, im, decode)
 
@@ -140,7 +141,8 @@ def check_coco(image_dir: str | Path, ann_file: str | Path, *, decode: bool = Tr
         if w <= 0 or h <= 0:
             report.add("zero_area_box", f"{where}: bbox {box} has width or height <= 0")
             continue
-        im = images.get(a.get("image_id"))
+        image_id = a.get("image_id")
+        im = images.get(image_id) if isinstance(image_id, (int, str)) else None
         if im is None:
             continue
         tol = _OUTSIDE_TOLERANCE

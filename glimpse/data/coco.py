@@ -93,13 +93,18 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def find_structure_problems(data: dict[str, Any]) -> dict[str, list[str]]:
     """Structural problems of a COCO dict that make it unusable, grouped by kind.
 
-    Kinds: ``missing_keys``, ``duplicate_image_id``, ``duplicate_annotation_id``,
-    ``duplicate_category_id``, ``unknown_image_id`` (an annotation of an image not in
-    ``images``), ``unknown_category_id``, ``bad_bbox`` (not four numbers). Each maps to one
-    human-readable line per occurrence, naming the image id where there is one.
+    Kinds: ``missing_keys``, ``non_integer_id``, ``duplicate_image_id``,
+    ``duplicate_annotation_id``, ``duplicate_category_id``, ``unknown_image_id`` (an
+    annotation of an image not in ``images``), ``unknown_category_id``, ``bad_bbox`` (not four
+    numbers). Each maps to one human-readable line per occurrence, naming the image id where
+    there is one.
     """
     problems: dict[str, list[str]] = {}
 
@@ -128,20 +133,30 @@ def find_structure_problems(data: dict[str, Any]) -> dict[str, list[str]]:
             img = f" (image {a['image_id']})" if isinstance(a, dict) and "image_id" in a else ""
             add("missing_keys", f"annotation {ident}{img}: missing {', '.join(missing)}")
 
-    for k in dupes(im["id"] for im in images if "id" in im):
+    for kind, items in (("image", images), ("annotation", anns), ("category", cats)):
+        for x in items:
+            if "id" in x and not _is_int(x["id"]):
+                add("non_integer_id", f"{kind} id {x['id']!r} is not an integer")
+
+    def key(x: dict, k: str) -> Any:
+        """x[k] when present and hashable (unhashable ids are reported above), else None."""
+        v = x.get(k)
+        return v if isinstance(v, (int, str, float)) else None
+
+    for k in dupes(key(im, "id") for im in images if key(im, "id") is not None):
         add("duplicate_image_id", f"image id {k} appears more than once")
-    for k in dupes(a["id"] for a in anns if "id" in a):
+    for k in dupes(key(a, "id") for a in anns if key(a, "id") is not None):
         add("duplicate_annotation_id", f"annotation id {k} appears more than once")
-    for k in dupes(c["id"] for c in cats if "id" in c):
+    for k in dupes(key(c, "id") for c in cats if key(c, "id") is not None):
         add("duplicate_category_id", f"category id {k} appears more than once")
 
-    image_ids = {im["id"] for im in images if "id" in im}
-    cat_ids = {c["id"] for c in cats if "id" in c}
+    image_ids = {key(im, "id") for im in images} - {None}
+    cat_ids = {key(c, "id") for c in cats} - {None}
     for a in anns:
-        if "image_id" in a and a["image_id"] not in image_ids:
+        if "image_id" in a and key(a, "image_id") not in image_ids:
             add("unknown_image_id",
                 f"annotation {a.get('id')}: image id {a['image_id']} is not in 'images'")
-        if "category_id" in a and a["category_id"] not in cat_ids:
+        if "category_id" in a and key(a, "category_id") not in cat_ids:
             add("unknown_category_id", f"annotation {a.get('id')} (image {a.get('image_id')}): "
                                        f"category id {a['category_id']} is not in 'categories'")
         box = a.get("bbox")

@@ -102,6 +102,10 @@ CASES = {
                               r"category id 9 appears more than once", "duplicate_category_id"),
     "missing bbox": (_delete("annotations", 1, "bbox"), "init",
                      r"annotation 2 \(image 7\): missing bbox", "missing_keys"),
+    "string image id": (_set("images", 1, "id", "three"), "init",
+                        r"non integer id: image id 'three' is not an integer", "non_integer_id"),
+    "list image id": (_set("images", 0, "id", [7]), "init",
+                      r"non integer id: image id \[7\] is not an integer", "non_integer_id"),
     "bbox not numbers": (_set("annotations", 1, "bbox", [1, 2, "3", 4]), "init",
                          r"annotation 2 \(image 7\): bbox .* is not four numbers", "bad_bbox"),
 }

@@ -103,6 +103,7 @@ def test_scale_and_aspect_coverage(smoke_train):
 
 def test_cache_generates_once_and_leaves_no_temp(tmp_path):
     profile = PROFILES["synthetic-smoke"]
+    assert all(p.train_seed != p.val_seed for p in PROFILES.values())
     small = type(profile)(**{**profile.__dict__, "name": "tiny", "num_train": 3, "num_val": 2})
     p1 = ensure_synthetic(small, "val", root=tmp_path)
     stamp = p1.ann_file.stat().st_mtime_ns
