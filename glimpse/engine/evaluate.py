@@ -13,7 +13,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from glimpse.structures import Detection, box_xyxy_to_xywh
 __all__ = [
     "COCO_METRICS",
     "inference",
+    "iter_inference",
     "coco_results",
     "coco_from_dict",
     "load_results",
@@ -51,8 +52,7 @@ COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # ---------------------------------------------------------------------------------- inference
 
 
-@torch.no_grad()
-def inference(
+def iter_inference(
     model: nn.Module,
     dataset: Dataset,
     *,
@@ -61,8 +61,11 @@ def inference(
     collate_fn: Callable[[list[Any]], Any] | None = None,
     num_workers: int = 0,
     progress: bool = True,
-) -> list[tuple[int, Detection]]:
-    """Run ``model`` in eval mode over ``dataset`` in order.
+) -> Iterator[tuple[int, Detection]]:
+    """Run ``model`` in eval mode over ``dataset`` in order, yielding one image at a time.
+
+    A generator, so that callers can turn full-resolution masks into RLEs image by image
+    (COCO val holds 5000 images: keeping every mask would take hundreds of GB).
 
     Args:
         model: eval mode ``model(images) -> list[Detection]``; when every target carries
@@ -74,9 +77,9 @@ def inference(
         num_workers: DataLoader workers.
         progress: show a tqdm bar (only on a terminal).
 
-    Returns:
-        ``(image_id, detection)`` per image, detections on CPU, boxes xyxy in original pixels.
-        The image id is ``target["image_id"]``, else ``dataset.ids[i]``, else the index ``i``.
+    Yields:
+        ``(image_id, detection)``: detection tensors on CPU, boxes xyxy in original pixels. The
+        image id is ``target["image_id"]``, else ``dataset.ids[i]``, else the index ``i``.
     """
     if collate_fn is None:
         from glimpse.data import collate as collate_fn
@@ -87,23 +90,42 @@ def inference(
         num_workers=num_workers,
     )  # fmt: skip
     ids = getattr(dataset, "ids", None)
-    out: list[tuple[int, Detection]] = []
+    index = 0
     try:
         for images, targets in tqdm(loader, desc="inference", disable=None if progress else True):
             images = [im.to(device) for im in images]
             kwargs = {}
             if targets and all(isinstance(t, dict) and "proposals" in t for t in targets):
                 kwargs["proposals"] = [t["proposals"].to(device) for t in targets]
-            detections = model(images, **kwargs)
+            with torch.no_grad():
+                detections = model(images, **kwargs)
             for target, det in zip(targets, detections):
-                index = len(out)
                 image_id = target.get("image_id") if isinstance(target, dict) else None
                 if image_id is None:
                     image_id = ids[index] if ids is not None else index
-                out.append((int(image_id), {k: v.detach().cpu() for k, v in det.items()}))
+                index += 1
+                yield int(image_id), {k: v.detach().cpu() for k, v in det.items()}
     finally:
         model.train(was_training)
-    return out
+
+
+def inference(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 1,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> list[tuple[int, Detection]]:
+    """:func:`iter_inference` collected in a list: ``[(image_id, detection), ...]``."""
+    return list(
+        iter_inference(
+            model, dataset, device=device, batch_size=batch_size, collate_fn=collate_fn,
+            num_workers=num_workers, progress=progress,
+        )
+    )  # fmt: skip
 
 
 def coco_results(
@@ -135,9 +157,10 @@ def coco_results(
         labels = det["labels"].detach().cpu().tolist() if "labels" in det else [1] * len(boxes)
         rles: list[dict[str, Any]] | None = None
         if with_masks:
-            if "masks" not in det:
+            if "masks" in det:
+                rles = _encode_masks(det["masks"])
+            elif boxes:
                 raise ValueError(f"image {image_id}: with_masks=True but a detection has no masks")
-            rles = _encode_masks(det["masks"])
         for i, (box, score, label) in enumerate(zip(boxes, scores, labels)):
             label = int(label)
             if label_to_cat_id is not None:
@@ -339,7 +362,9 @@ def evaluate_detector(
     batch_size: int = 1,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """:func:`inference` then COCO metrics on ``dataset.coco`` restricted to ``dataset.ids``.
+    """:func:`iter_inference` then COCO metrics on ``dataset.coco`` restricted to ``dataset.ids``.
+
+    Detections become COCO results (masks as RLE) image by image, so memory stays small.
 
     Args:
         iou_types: any of ``"bbox"``, ``"segm"``, ``"proposal"``; ``None`` means ``bbox``
@@ -348,25 +373,30 @@ def evaluate_detector(
     Returns:
         ``{iou_type: metrics}``, see :func:`coco_evaluate` and :func:`proposal_recall`.
     """
-    outputs = inference(model, dataset, device=device, batch_size=batch_size, progress=progress)
-    image_ids = [i for i, _ in outputs]
-    detections = [d for _, d in outputs]
+    if iou_types is not None:
+        unknown = set(iou_types) - {"bbox", "segm", "proposal"}
+        if unknown:
+            raise ValueError(f"unknown iou types {sorted(unknown)}; use bbox, segm or proposal")
+    label_to_cat_id = getattr(dataset, "label_to_cat_id", None)
+    proposals: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    has_masks = False
+    stream = iter_inference(model, dataset, device=device, batch_size=batch_size, progress=progress)
+    for image_id, det in stream:
+        has_masks = has_masks or "masks" in det
+        want_masks = "masks" in det if iou_types is None else "segm" in iou_types
+        if iou_types is None or set(iou_types) & {"bbox", "segm"}:
+            results += coco_results([det], [image_id], label_to_cat_id, with_masks=want_masks)
+        if iou_types is not None and "proposal" in iou_types:
+            proposals += coco_results([det], [image_id])
     if iou_types is None:
-        has_masks = any("masks" in d for d in detections)
         iou_types = ("bbox", "segm") if has_masks else ("bbox",)
-    unknown = set(iou_types) - {"bbox", "segm", "proposal"}
-    if unknown:
-        raise ValueError(f"unknown iou types {sorted(unknown)}; use bbox, segm or proposal")
     coco_gt, ids = dataset.coco, getattr(dataset, "ids", None)
     metrics: dict[str, dict[str, float]] = {}
-    if "proposal" in iou_types:
-        metrics["proposal"] = proposal_recall(coco_gt, coco_results(detections, image_ids), ids)
-    boxes_types = [t for t in iou_types if t != "proposal"]
-    if boxes_types:
-        results = coco_results(
-            detections, image_ids, dataset.label_to_cat_id, with_masks="segm" in boxes_types
-        )
-        for iou_type in boxes_types:
+    for iou_type in iou_types:
+        if iou_type == "proposal":
+            metrics[iou_type] = proposal_recall(coco_gt, proposals, ids)
+        else:
             metrics[iou_type] = coco_evaluate(coco_gt, results, iou_type, ids)
     return metrics
 

@@ -31,6 +31,9 @@ from glimpse.engine.evaluate import (
     topk_accuracy,
 )
 
+# pycocotools' decode trips a NumPy 2 deprecation warning that is not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.*")
+
 
 @functools.lru_cache(maxsize=1)
 def _load_gt(ann_file: str) -> COCO:
@@ -68,7 +71,6 @@ def _gt_as_detections(coco: COCO, img_ids, with_masks: bool):
     return results
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.*")
 def test_ground_truth_scores_ap_one_on_coco128(coco128_gt):
     img_ids = sorted(coco128_gt.getImgIds())
     results = _gt_as_detections(coco128_gt, img_ids, with_masks=True)
@@ -102,14 +104,15 @@ def test_proposal_recall_of_ground_truth_boxes_is_one(coco128_gt):
 
 
 def _tiny_gt() -> COCO:
+    """Two boxes on image 1 (with box-shaped segmentations), nothing on image 2."""
     return coco_from_dict({
         "images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],
         "categories": [{"id": 7, "name": "a"}],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 10, 40, 40], "area": 1600,
-             "iscrowd": 0},
+             "iscrowd": 0, "segmentation": [[10, 10, 50, 10, 50, 50, 10, 50]]},
             {"id": 2, "image_id": 1, "category_id": 7, "bbox": [60, 60, 30, 30], "area": 900,
-             "iscrowd": 0},
+             "iscrowd": 0, "segmentation": [[60, 60, 90, 60, 90, 90, 60, 90]]},
         ],
     })  # fmt: skip
 
@@ -210,6 +213,16 @@ def test_inference_and_evaluate_detector():
     assert metrics["bbox"]["AP"] == pytest.approx(1.0)
     assert metrics["proposal"]["AR@100"] == pytest.approx(1.0)
     assert set(evaluate_detector(model, _TinyDataset())) == {"bbox"}
+    # masks (the ground-truth boxes filled) switch on segm; an empty image may omit them
+    masks = torch.zeros(2, 100, 100, dtype=torch.uint8)
+    masks[0, 10:50, 10:50] = 1
+    masks[1, 60:90, 60:90] = 1
+    answers[1]["masks"] = masks
+    metrics = evaluate_detector(model, _TinyDataset(), progress=False)
+    assert set(metrics) == {"bbox", "segm"}
+    assert metrics["segm"]["AP"] == pytest.approx(1.0)
+    masks[1] = 0  # the second mask misses entirely
+    assert evaluate_detector(model, _TinyDataset())["segm"]["AP"] == pytest.approx(51 / 101)
 
 
 def test_topk_accuracy_by_hand():
