@@ -109,7 +109,10 @@ class DetectionPreprocessor(nn.Module):
             originals.append(size)
             image_sizes.append(new_size)
             if targets is not None:
-                new_targets.append(resize_target(targets[i], size, new_size))
+                target = targets[i]
+                if "proposals" in target:  # drop score columns before scaling
+                    target = {**target, "proposals": target["proposals"][:, :4]}
+                new_targets.append(resize_target(target, size, new_size))
             if proposals is not None:
                 box = proposals[i][:, :4].to(image)
                 scale = box.new_tensor([new_size[1] / size[1], new_size[0] / size[0]] * 2)
@@ -118,7 +121,7 @@ class DetectionPreprocessor(nn.Module):
         d = self.size_divisor
         pad_sizes = [((h + d - 1) // d * d, (w + d - 1) // d * d) for h, w in image_sizes]
         if targets is not None and all("proposals" in t for t in new_targets) and not new_props:
-            new_props = [t["proposals"][:, :4] for t in new_targets]
+            new_props = [t["proposals"] for t in new_targets]
         return ImageBatch(tensor, image_sizes, pad_sizes, originals,
                           new_targets if targets is not None else None, new_props or None)
 

@@ -150,6 +150,11 @@ def test_fast_rcnn_and_train_mode_errors():
     model.train()
     with pytest.raises(ValueError, match="targets"):
         model(images)
+    # proposals files carry a score column: it is dropped, not scaled
+    scored = [t | {"proposals": torch.cat((t["proposals"], torch.rand(4, 1)), 1)}
+              for t in targets]
+    losses = model(images, scored)
+    assert torch.isfinite(losses["loss_cls"]) and torch.isfinite(losses["loss_box"])
     for t in targets:
         del t["proposals"]
     with pytest.raises(ValueError, match="proposals"):
