@@ -59,47 +59,48 @@ def _interleaved(case: BenchCase, repeats: int, warmup: int) -> tuple[float, flo
     return statistics.median(ours), statistics.median(theirs)
 
 
-def _set_eval_thresholds_glimpse(model: nn.Module) -> None:
-    """Score threshold 0, 1000 test proposals, 100 detections (see the module docstring)."""
-    from dataclasses import replace
-
-    head = getattr(model, "head", None)
-    if head is not None and hasattr(head, "test_cfg"):  # RetinaNet
-        head.test_cfg = replace(head.test_cfg, score_thr=0.0, max_per_img=100, nms_iou=0.5)
-    roi_heads = getattr(model, "roi_head", None)
-    if roi_heads is not None and hasattr(roi_heads, "test_cfg"):
-        roi_heads.test_cfg = replace(roi_heads.test_cfg, score_thr=0.0, max_per_img=100,
-                                     nms_iou=0.5)
-
-
 def _eval_cases(names: Sequence[str], image: Tensor) -> list[BenchCase]:
     import torchvision.models.detection as tvd
+    from torchvision.ops import MultiScaleRoIAlign
 
     from glimpse import zoo
+    from glimpse.heads.retina import RetinaTestConfig
+    from glimpse.heads.roi_box import RCNNTestConfig
+    from glimpse.heads.rpn import ProposalConfig
 
     h, w = image.shape[-2:]
+    rcnn = dict(rcnn_test=RCNNTestConfig(score_thr=0.0, nms_iou=0.5, max_per_image=100),
+                rpn_test_proposals=ProposalConfig(nms_pre=1000, max_per_image=1000))
+    retina = RetinaTestConfig(nms_pre=1000, score_thr=0.0, nms_iou=0.5, max_per_image=100)
     # torchvision counts the background class in two-stage models (81 = 80 + 1), not in
     # RetinaNet, so both sides predict 80 foreground classes.
     tv_common = dict(weights=None, weights_backbone=None, min_size=min(h, w), max_size=max(h, w))
+    # mmdet v2 (and glimpse) RoIAlign samples adaptively (sampling_ratio=0); give torchvision
+    # the same so both sides do the same RoI work.
+    levels = ["0", "1", "2", "3"]
+    tv_pools = dict(box_roi_pool=MultiScaleRoIAlign(levels, 7, sampling_ratio=0))
+    tv_mask_pool = dict(mask_roi_pool=MultiScaleRoIAlign(levels, 14, sampling_ratio=0))
     scale = (max(h, w), min(h, w))  # the images are already at the network's scale
     builders: dict[str, tuple[Callable[[], nn.Module], Callable[[], nn.Module]]] = {
         "faster_rcnn_r50_fpn": (
-            lambda: zoo.build("faster_rcnn_r50_fpn", 80, image_scale=scale),
+            lambda: zoo.build("faster_rcnn_r50_fpn", 80, image_scale=scale, **rcnn),
             lambda: tvd.fasterrcnn_resnet50_fpn(
-                **tv_common, num_classes=81, rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
-                box_score_thresh=0.0, box_nms_thresh=0.5, box_detections_per_img=100),
+                **tv_common, **tv_pools, num_classes=81, rpn_pre_nms_top_n_test=1000,
+                rpn_post_nms_top_n_test=1000, box_score_thresh=0.0, box_nms_thresh=0.5,
+                box_detections_per_img=100),
         ),
         "mask_rcnn_r50_fpn": (
-            lambda: zoo.build("mask_rcnn_r50_fpn", 80, image_scale=scale),
+            lambda: zoo.build("mask_rcnn_r50_fpn", 80, image_scale=scale, **rcnn),
             lambda: tvd.maskrcnn_resnet50_fpn(
-                **tv_common, num_classes=81, rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
+                **tv_common, **tv_pools, **tv_mask_pool, num_classes=81,
+                rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
                 box_score_thresh=0.0, box_nms_thresh=0.5, box_detections_per_img=100),
         ),
         "retinanet_r50_fpn": (
-            lambda: zoo.build("retinanet_r50_fpn", 80, image_scale=scale),
+            lambda: zoo.build("retinanet_r50_fpn", 80, image_scale=scale, test_cfg=retina),
             lambda: tvd.retinanet_resnet50_fpn(
-                **tv_common, num_classes=80, score_thresh=0.0, nms_thresh=0.5, detections_per_img=100,
-                topk_candidates=1000),
+                **tv_common, num_classes=80, score_thresh=0.0, nms_thresh=0.5,
+                detections_per_img=100, topk_candidates=1000),
         ),
     }
     cases = []
@@ -107,7 +108,6 @@ def _eval_cases(names: Sequence[str], image: Tensor) -> list[BenchCase]:
         make_ours, make_theirs = builders[name]
         torch.manual_seed(0)
         ours = make_ours().eval()
-        _set_eval_thresholds_glimpse(ours)
         theirs = make_theirs().eval()
 
         def run_ours(model=ours):
@@ -124,6 +124,7 @@ def _eval_cases(names: Sequence[str], image: Tensor) -> list[BenchCase]:
 
 def _train_case(image: Tensor, batch: int) -> BenchCase:
     import torchvision.models.detection as tvd
+    from torchvision.ops import MultiScaleRoIAlign
 
     from glimpse import zoo
 
@@ -139,8 +140,13 @@ def _train_case(image: Tensor, batch: int) -> BenchCase:
     torch.manual_seed(0)
     ours = zoo.build("faster_rcnn_r50_fpn", 80, image_scale=(max(h, w), min(h, w)),
                      frozen_stages=-1, norm_eval=False).train()
+    # glimpse (mmdet v2) trains the R-CNN on 2000 pre-NMS / 1000 post-NMS proposals
     theirs = tvd.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=81,
-                                         min_size=min(h, w), max_size=max(h, w)).train()
+                                         min_size=min(h, w), max_size=max(h, w),
+                                         rpn_pre_nms_top_n_train=2000,
+                                         rpn_post_nms_top_n_train=1000,
+                                         box_roi_pool=MultiScaleRoIAlign(
+                                             ["0", "1", "2", "3"], 7, sampling_ratio=0)).train()
     opt_ours = torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=1e-4)
     opt_theirs = torch.optim.SGD([p for p in theirs.parameters() if p.requires_grad], lr=1e-4)
 
@@ -150,7 +156,7 @@ def _train_case(image: Tensor, batch: int) -> BenchCase:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return BenchCase(f"faster_rcnn_r50_fpn (batch {batch})", "train step",
                      lambda: step(ours, opt_ours), lambda: step(theirs, opt_theirs))

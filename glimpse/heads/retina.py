@@ -40,13 +40,13 @@ class RetinaTestConfig:
         nms_pre: candidates kept per level before NMS, ranked by score.
         score_thr: minimum class score of a detection.
         nms_iou: IoU threshold of the per-class NMS.
-        max_per_img: detections kept per image.
+        max_per_image: detections kept per image.
     """
 
     nms_pre: int = 1000
     score_thr: float = 0.05
     nms_iou: float = 0.5
-    max_per_img: int = 100
+    max_per_image: int = 100
 
 
 def retina_anchor_generator(
@@ -274,7 +274,7 @@ class RetinaHead(nn.Module):
 
         Per level, the ``nms_pre`` best (anchor, class) pairs above ``score_thr`` are decoded
         (clipped to the resized image), then a per-class NMS over all levels keeps
-        ``max_per_img`` (mmdet v2 ``filter_scores_and_topk`` + ``batched_nms``).
+        ``max_per_image`` (mmdet v2 ``filter_scores_and_topk`` + ``batched_nms``).
 
         Args:
             cls_logits: per level ``[B, A*K, H_l, W_l]``.
@@ -308,6 +308,6 @@ class RetinaHead(nn.Module):
             boxes = torch.cat(boxes_all)
             scores = torch.cat(scores_all)
             labels = torch.cat(labels_all)
-            keep = batched_nms(boxes, scores, labels, cfg.nms_iou)[: cfg.max_per_img]
+            keep = batched_nms(boxes, scores, labels, cfg.nms_iou)[: cfg.max_per_image]
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return results

@@ -187,7 +187,7 @@ def test_ignore_regions_remove_anchors_from_training():
 # ----------------------------------------------------------------------------------- predict
 def test_predict_contract():
     torch.manual_seed(0)
-    head = _small_head(num_classes=4, test_cfg=RetinaTestConfig(score_thr=0.0, max_per_img=50))
+    head = _small_head(num_classes=4, test_cfg=RetinaTestConfig(score_thr=0.0, max_per_image=50))
     cls, reg = head(_features(batch=2, size=64))
     dets = head.predict(cls, reg, [(64, 48), (40, 64)])
     assert len(dets) == 2
@@ -284,7 +284,7 @@ def test_detector_train_contract_and_empty_images():
 def test_detector_eval_contract_original_pixels():
     torch.manual_seed(0)
     model = _slim_retinanet(num_classes=2)
-    model.head.test_cfg = RetinaTestConfig(score_thr=0.0, max_per_img=20)
+    model.head.test_cfg = RetinaTestConfig(score_thr=0.0, max_per_image=20)
     model.eval()
     images = [torch.rand(3, 50, 200), torch.rand(3, 120, 90)]
     with torch.no_grad():
