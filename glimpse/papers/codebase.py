@@ -39,21 +39,30 @@ __all__ = [
     "PROFILES",
     "CodebaseConfig",
     "DetectorRun",
+    "BaselineRuns",
     "baseline_table",
     "build_model",
     "codebase_table",
     "dry_check",
     "evaluate_run",
     "figure_anchors",
+    "figure_cascade_stages",
+    "figure_rpn",
+    "pyramid_table",
     "figure_detections",
     "figure_roi_assignment",
     "figure_training_curves",
+    "full_commands",
     "glimpse_methods",
+    "load_data",
     "paper_baselines",
     "paper_methods",
+    "pick_example",
     "resolve",
     "resolve_device",
+    "run_baselines",
     "train_detector",
+    "two_stage_internals",
 ]
 
 PAPER = "codebase"
@@ -94,6 +103,8 @@ class DetectorRun:
         lr: absolute peak learning rate; ``None`` applies mmdet's linear scaling rule
             (0.02 per 16 images; 0.01 for RetinaNet as in its config).
         warmup_iters: linear warm-up length (mmdet: 500).
+        model_kwargs: extra keywords of the zoo builder (e.g. fewer sampled RoIs for smoke).
+        data: dataset trained and evaluated on instead of the profile's (e.g. ``"coco128"``).
     """
 
     model: str
@@ -101,6 +112,13 @@ class DetectorRun:
     batch_size: int = 4
     lr: float | None = None
     warmup_iters: int = 500
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    data: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Row label: the model name, plus the dataset when the run overrides it."""
+        return self.model if self.data is None else f"{self.model} ({self.data})"
 
     @property
     def family(self) -> str:
@@ -151,26 +169,44 @@ class CodebaseConfig:
 
 
 # Smoke: slim backbones on 128 px synthetic shapes, fixed small iteration counts, so that the
-# whole notebook runs in about 4 minutes on 2 CPU cores (DESIGN sizing guide: 0.17 s/iteration
-# for Faster R-CNN slim at batch 4). Faster R-CNN, the running example, trains longest.
-_SMOKE_RUNS = (
-    DetectorRun("faster_rcnn_slim_fpn", max_iters=300, batch_size=4, lr=0.02, warmup_iters=50),
-    DetectorRun("mask_rcnn_slim_fpn", max_iters=120, batch_size=4, lr=0.02, warmup_iters=50),
-    DetectorRun("retinanet_slim_fpn", max_iters=120, batch_size=4, lr=0.01, warmup_iters=50),
-    DetectorRun("cascade_rcnn_slim_fpn", max_iters=120, batch_size=4, lr=0.02, warmup_iters=50),
-)
+# whole notebook runs in about 4 minutes on 2 CPU cores. Faster R-CNN, the running example,
+# trains longest. On 128 px images the 1x settings (1000 proposals, 512 sampled RoIs per image,
+# 1024-wide FC layers) cost 3x the time for nothing (RoIAlign's CPU backward dominates), so the
+# two-stage smoke models sample 128 RoIs from 300 proposals through 256-wide FC layers.
+def _slim_two_stage() -> dict[str, Any]:
+    from glimpse.heads.roi_box import RCNNTrainConfig
+    from glimpse.heads.rpn import ProposalConfig
+
+    return {"fc_channels": 256,
+            "rpn_train_proposals": ProposalConfig(nms_pre=1000, max_per_image=300),
+            "rcnn_train": RCNNTrainConfig(num_samples=128)}
+
+
+def _smoke_runs() -> tuple[DetectorRun, ...]:
+    slim = _slim_two_stage()
+    return (
+        DetectorRun("faster_rcnn_slim_fpn", 300, 4, lr=0.02, warmup_iters=50, model_kwargs=slim),
+        DetectorRun("mask_rcnn_slim_fpn", 120, 4, lr=0.02, warmup_iters=50, model_kwargs=slim),
+        DetectorRun("retinanet_slim_fpn", 120, 4, lr=0.01, warmup_iters=50),
+        DetectorRun("cascade_rcnn_slim_fpn", 100, 4, lr=0.02, warmup_iters=50,
+                    model_kwargs=slim),
+    )
+
 
 # cpu: the same detectors at 256 px for several minutes each (the sizing guide: AP 0.65 after
-# 8 minutes for Faster R-CNN slim at 256 px).
-_CPU_RUNS = (
-    DetectorRun("faster_rcnn_slim_fpn", max_iters=3000, batch_size=4, lr=0.02, warmup_iters=200),
-    DetectorRun("mask_rcnn_slim_fpn", max_iters=1500, batch_size=4, lr=0.02, warmup_iters=200),
-    DetectorRun("retinanet_slim_fpn", max_iters=1500, batch_size=4, lr=0.01, warmup_iters=200),
-    DetectorRun("cascade_rcnn_slim_fpn", max_iters=1500, batch_size=4, lr=0.02, warmup_iters=200),
-    DetectorRun("cascade_mask_rcnn_slim_fpn", max_iters=1500, batch_size=4, lr=0.02,
-                warmup_iters=200),
-    DetectorRun("rpn_slim_fpn", max_iters=1500, batch_size=4, lr=0.02, warmup_iters=200),
-)
+# 8 minutes for Faster R-CNN slim at 256 px), plus the RPN and Cascade Mask R-CNN.
+def _cpu_runs() -> tuple[DetectorRun, ...]:
+    slim = _slim_two_stage()
+    two_stage = ("faster_rcnn", "mask_rcnn", "cascade_rcnn", "cascade_mask_rcnn")
+    runs = [DetectorRun(f"{f}_slim_fpn", 3000 if f == "faster_rcnn" else 1500, 4, lr=0.02,
+                        warmup_iters=200, model_kwargs=slim) for f in two_stage]
+    runs.append(DetectorRun("retinanet_slim_fpn", 1500, 4, lr=0.01, warmup_iters=200))
+    runs.append(DetectorRun("rpn_slim_fpn", 1500, 4, lr=0.02, warmup_iters=200))
+    # real images: the first 112 COCO128 images, evaluated on its last 16 (glimpse.data)
+    runs.append(DetectorRun("faster_rcnn_slim_fpn", 1500, 4, lr=0.02, warmup_iters=200,
+                            model_kwargs=slim, data="coco128"))
+    return tuple(runs)
+
 
 # full: mmdetection's R-50-FPN 1x: 12 epochs at 16 images per step (8 GPUs x 2, lr 0.02,
 # RetinaNet 0.01). Training skips the images without instances, leaving 117266 of COCO
@@ -185,10 +221,12 @@ _FULL_RUNS = tuple(
 )
 
 PROFILES: dict[str, CodebaseConfig] = {
-    "smoke": CodebaseConfig("smoke", "synthetic-smoke", "synthetic-smoke", runs=_SMOKE_RUNS),
-    "cpu": CodebaseConfig("cpu", "synthetic-cpu", "synthetic-cpu", runs=_CPU_RUNS),
+    "smoke": CodebaseConfig("smoke", "synthetic-smoke", "synthetic-smoke", runs=_smoke_runs()),
+    "cpu": CodebaseConfig("cpu", "synthetic-cpu", "synthetic-cpu", runs=_cpu_runs()),
+    # the notebook only checks the full configuration; training runs through torchrun
+    # (see full_commands) and evaluation through `python -m glimpse evaluate`
     "full": CodebaseConfig("full", "coco", "coco", runs=_FULL_RUNS, eval_batch_size=2,
-                           deterministic=False),
+                           deterministic=False, dry_run=True),
 }
 
 
@@ -312,6 +350,7 @@ def build_model(run: DetectorRun, num_classes: int, image_scale: tuple[int, int]
     """``zoo.build(run.model, ...)`` with glimpse's defaults for the run."""
     from glimpse import zoo
 
+    kwargs = {**run.model_kwargs, **kwargs}
     return zoo.build(run.model, num_classes=num_classes, image_scale=tuple(image_scale), **kwargs)
 
 
@@ -378,7 +417,7 @@ def baseline_table(cfg: CodebaseConfig, measured: Mapping[str, Mapping[str, floa
 
     Args:
         cfg: the resolved configuration (its profile, data and runs label every row).
-        measured: ``{zoo model name: evaluate_run(...) output}``.
+        measured: ``{run.label: evaluate_run(...) output}``.
         root: results folder holding ``codebase/paper/mmdet_r50_1x.csv``.
 
     Returns:
@@ -390,18 +429,18 @@ def baseline_table(cfg: CodebaseConfig, measured: Mapping[str, Mapping[str, floa
     paper = paper_baselines(root).set_index("detector")
     rows = []
     for run in cfg.runs:
-        if run.model not in measured:
+        if run.label not in measured:
             continue
-        m = measured[run.model]
+        m = measured[run.label]
         fam = run.family
-        row: dict[str, Any] = {"model": run.model, "detector": fam, "iters": run.max_iters,
+        row: dict[str, Any] = {"model": run.label, "detector": fam, "iters": run.max_iters,
                                "batch": run.batch_size}
         for metric in ("box_AP", "mask_AP", "AR1000"):
             ref = paper[metric].get(fam) if fam in paper.index else float("nan")
             row[f"{metric}_mmdet"] = float(ref) if ref is not None else float("nan")
             row[f"{metric}_glimpse"] = float(m.get(metric, float("nan")))
         row["profile"] = cfg.profile
-        row["data"] = cfg.data
+        row["data"] = run.data or cfg.data
         row["source"] = paper["source"].get(fam, "") if fam in paper.index else ""
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -437,6 +476,81 @@ def dry_check(cfg: CodebaseConfig) -> pd.DataFrame:
                      "batch": run.batch_size, "lr_8_gpus": tc.scaled_lr(world_size=8),
                      "lr_steps": "/".join(str(s) for s in tc.milestones())})
         del model
+    return pd.DataFrame(rows)
+
+
+def load_data(cfg: CodebaseConfig, name: str | None = None) -> tuple[Any, Any]:
+    """``(train, val)`` datasets of ``name`` (default the profile's) via ``build_dataset``."""
+    from glimpse.data import build_dataset
+
+    root = cfg.data_root or None
+    train = build_dataset(name or cfg.train_data, split="train", data_root=root, train=True)
+    val = build_dataset(name or cfg.val_data, split="val", data_root=root, train=False)
+    return train, val
+
+
+def pick_example(dataset: Any, candidates: int = 20) -> tuple[Tensor, dict[str, Tensor]]:
+    """The image with the most instances among the first ``candidates`` (ties: the first)."""
+    best = max(range(min(candidates, len(dataset))),
+               key=lambda i: (len(dataset[i][1]["boxes"]), -i))
+    return dataset[best]
+
+
+@dataclass
+class BaselineRuns:
+    """Trained baselines of a profile: models (eval mode), histories and metrics by run label."""
+
+    models: dict[str, nn.Module]
+    histories: dict[str, list[dict[str, float]]]
+    measured: dict[str, dict[str, float]]
+    seconds: dict[str, float]
+
+
+def run_baselines(cfg: CodebaseConfig, data: tuple[Any, Any] | None = None, *,
+                  verbose: bool = True) -> BaselineRuns:
+    """Train and evaluate every run of ``cfg`` (each from scratch, seeded).
+
+    Args:
+        cfg: resolved configuration (nothing runs when ``cfg.dry_run``).
+        data: the profile's ``(train, val)`` datasets, if already loaded.
+        verbose: print one line per run (model, time, metrics).
+    """
+    import time
+
+    out = BaselineRuns({}, {}, {}, {})
+    if cfg.dry_run:
+        return out
+    cache: dict[str | None, tuple[Any, Any]] = {None: data} if data is not None else {}
+    for run in cfg.runs:
+        if run.data not in cache:
+            cache[run.data] = load_data(cfg, run.data)
+        train, val = cache[run.data]
+        start = time.perf_counter()
+        model, result = train_detector(cfg, run, train)
+        out.measured[run.label] = evaluate_run(model, run, val, cfg)
+        out.seconds[run.label] = time.perf_counter() - start
+        out.models[run.label] = model
+        out.histories[run.label] = result.history
+        if verbose:
+            metrics = ", ".join(f"{k} {v:.1f}" for k, v in out.measured[run.label].items())
+            print(f"{run.label}: {run.max_iters} iterations, "
+                  f"{out.seconds[run.label]:.0f} s; {metrics}", flush=True)
+    return out
+
+
+def full_commands(cfg: CodebaseConfig, gpus: int = 8) -> pd.DataFrame:
+    """The ``torchrun`` command that trains (then evaluates) each run of ``cfg`` on ``gpus``
+    GPUs; the lr follows mmdet's linear scaling rule (RetinaNet: 0.01 per 16 images)."""
+    root = cfg.data_root or "data/coco"
+    rows = []
+    for r in cfg.runs:
+        total = r.batch_size * gpus
+        lr = r.lr if r.lr is not None else (0.01 if r.family == "retinanet" else 0.02) * total / 16
+        rows.append({"model": r.model, "command": (
+            f"torchrun --nproc_per_node {gpus} -m glimpse train {r.model} "
+            f"--data {r.data or cfg.train_data} --data-root {root} --device cuda "
+            f"--work-dir work_dirs/{r.model} --max-iters {r.max_iters} "
+            f"--batch-size {r.batch_size} --lr {lr:g} --warmup-iters {r.warmup_iters}")})
     return pd.DataFrame(rows)
 
 
@@ -619,5 +733,121 @@ def figure_training_curves(histories: Mapping[str, Sequence[Mapping[str, float]]
     ax.set_yscale("log")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def two_stage_internals(model: nn.Module, image: Tensor) -> dict[str, Any]:
+    """Intermediate states of a trained two-stage detector on one image, for the walkthrough.
+
+    Runs the detector's own pieces in order (preprocessor, backbone + FPN, RPN head, RoI
+    head stages) and keeps what the final detections hide.
+
+    Args:
+        model: a :class:`glimpse.detectors.two_stage.TwoStageDetector` with an RPN and a RoI head.
+        image: float[3, H, W] in [0, 1], original resolution.
+
+    Returns:
+        ``objectness``: per FPN level a [h_l, w_l] map of the highest anchor objectness
+        (sigmoid); ``proposals`` [P, 4] and ``proposal_scores`` [P]; ``stage_boxes``: per RoI
+        stage the [P, 4] boxes it regressed the proposals to; ``stage_scores``: per stage the
+        [P] best foreground probability; ``feature_shapes``: (C, h, w) per level. Boxes are
+        xyxy in original pixels.
+    """
+    from glimpse.heads.roi_extractor import boxes_to_rois
+
+    was_training = model.training
+    model.eval()
+    try:
+        batch = model.preprocessor([image])
+        feats = model.features(batch.tensor)
+        raw = model.rpn_head(feats)
+        anchors = model.rpn_head.get_anchors(raw)
+        (props, scores), = model.rpn_head.predict(raw, anchors, batch.image_sizes)
+        sx, sy = batch.scale_factors(0)
+        to_orig = props.new_tensor([sx, sy, sx, sy])
+        head = model.roi_head
+        boxes, stage_boxes, stage_scores = props[:, :4], [], []
+        # the cascade's inference loop (CascadeRoIHead.predict_boxes), keeping every stage
+        for stage in range(head.num_stages):
+            logits, deltas, _ = head.box_forward(stage, feats, boxes_to_rois([boxes]).to(feats[0]))
+            probs = logits.softmax(-1)
+            labels = probs[:, 1:].argmax(1) + 1
+            boxes = head.box_heads[stage].refine(boxes, deltas, labels, batch.image_sizes[0])
+            stage_boxes.append(boxes / to_orig)
+            stage_scores.append(probs[:, 1:].max(1).values)
+        return {
+            "objectness": [lg[0].sigmoid().max(0).values for lg in raw[0]],
+            "proposals": props[:, :4] / to_orig,
+            "proposal_scores": scores,
+            "stage_boxes": stage_boxes,
+            "stage_scores": stage_scores,
+            "feature_shapes": [tuple(f.shape[1:]) for f in feats],
+        }
+    finally:
+        model.train(was_training)
+
+
+def pyramid_table(internals: Mapping[str, Any], image_size: tuple[int, int],
+                  anchors_per_location: int = 3) -> pd.DataFrame:
+    """FPN levels of the walkthrough image: stride, feature shape, anchors and proposals kept.
+
+    Args:
+        internals: output of :func:`two_stage_internals`.
+        image_size: (height, width) of the padded network input (e.g. (128, 128)).
+        anchors_per_location: 3 ratios x 1 scale in the RPN.
+    """
+    rows = []
+    for level, (c, h, w) in enumerate(internals["feature_shapes"]):
+        rows.append({"level": f"P{level + 2}", "stride": image_size[0] // h, "channels": c,
+                     "height": h, "width": w, "anchors": h * w * anchors_per_location})
+    return pd.DataFrame(rows)
+
+
+def figure_rpn(image: Tensor, internals: Mapping[str, Any], *, top: int = 30) -> Any:
+    """RPN objectness per FPN level and the top-scoring proposals after NMS."""
+    import matplotlib.pyplot as plt
+
+    maps = internals["objectness"]
+    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(2.1 * (len(maps) + 1), 2.5))
+    for level, (ax, m) in enumerate(zip(axes, maps)):
+        ax.imshow(m.cpu().numpy(), vmin=0, vmax=1, cmap="magma")
+        ax.set_title(f"P{level + 2} objectness {tuple(m.shape)}", fontsize=7)
+        ax.set_axis_off()
+    props = internals["proposals"][:top]
+    _show(axes[-1], image, f"top {len(props)} of {len(internals['proposals'])} proposals")
+    for box in props:
+        _box(axes[-1], box, "yellow", lw=0.6)
+    fig.tight_layout()
+    return fig
+
+
+def figure_cascade_stages(image: Tensor, internals: Mapping[str, Any],
+                          target: Mapping[str, Tensor], *, k: int = 6) -> Any:
+    """The ``k`` proposals that end with the highest score, through every RoI stage.
+
+    Each panel draws the same ``k`` boxes (one colour each) after that stage's regression,
+    with the ground truth in white, and the mean IoU of the boxes with their best-matching
+    ground truth in the title: a cascade's later stages move the boxes closer.
+    """
+    import matplotlib.pyplot as plt
+    from torchvision.ops import box_iou
+
+    stages = [internals["proposals"], *internals["stage_boxes"]]
+    final = internals["stage_scores"][-1]
+    order = final.argsort(descending=True)[:k]
+    gt = target["boxes"].float()
+    fig, axes = plt.subplots(1, len(stages), figsize=(2.6 * len(stages), 2.9))
+    axes = list(axes) if len(stages) > 1 else [axes]
+    for t, (ax, boxes) in enumerate(zip(axes, stages)):
+        chosen = boxes[order]
+        iou = box_iou(chosen, gt).max(1).values.mean() if len(gt) and len(chosen) else 0.0
+        name = "proposals" if t == 0 else f"after stage {t}"
+        _show(ax, image, f"{name}: mean IoU {float(iou):.3f}")
+        for g in gt:
+            _box(ax, g, "white", lw=1.5)
+        for j, box in enumerate(chosen):
+            _box(ax, box, _COLORS[j % len(_COLORS)], lw=1.0)
     fig.tight_layout()
     return fig

@@ -189,3 +189,44 @@ def test_codebase_table_rejects_broken_csv(tmp_path):
     with pytest.raises(ValueError, match="codebase"):
         cb.codebase_table(root=tmp_path)
     assert isinstance(cb.paper_methods(root=tmp_path), pd.DataFrame)
+
+
+def test_full_commands_and_dry_run_baselines():
+    full = cb.resolve("full", device="cpu", data_root="/data/coco")
+    assert full.dry_run
+    cmds = cb.full_commands(full).set_index("model")["command"]
+    retina = cmds["retinanet_r50_fpn"]
+    assert retina.startswith("torchrun --nproc_per_node 8 -m glimpse train retinanet_r50_fpn")
+    assert "--lr 0.01 " in retina and "--max-iters 87960" in retina
+    assert "--data-root /data/coco" in retina and "--batch-size 2" in retina
+    assert "--lr 0.02 " in cmds["faster_rcnn_r50_fpn"]
+    runs = cb.run_baselines(full)
+    assert runs.models == {} and runs.measured == {}
+
+
+def test_pick_example_takes_the_busiest_image():
+    data = [(torch.zeros(3, 4, 4), {"boxes": torch.zeros(n, 4)}) for n in (1, 3, 2, 3)]
+    image, target = cb.pick_example(data)
+    assert len(target["boxes"]) == 3 and target is data[1][1]
+
+
+def test_two_stage_internals_on_an_untrained_model():
+    torch.manual_seed(0)
+    run = cb.resolve("smoke", device="cpu").runs[-1]  # cascade_rcnn_slim_fpn
+    assert run.model == "cascade_rcnn_slim_fpn"
+    model = cb.build_model(run, 6, (64, 64))
+    image, target = _scene()
+    internals = cb.two_stage_internals(model, image)
+    # 128 px images are resized to 64 px: P2..P6 of a 64 px input, boxes back in 128 px pixels
+    table = cb.pyramid_table(internals, (64, 64))
+    assert table["height"].tolist() == [16, 8, 4, 2, 1]
+    assert table["stride"].tolist() == [4, 8, 16, 32, 64]
+    assert table["anchors"].tolist() == [768, 192, 48, 12, 3]
+    props = internals["proposals"]
+    assert len(internals["stage_boxes"]) == 3
+    assert all(b.shape == props.shape for b in internals["stage_boxes"])
+    assert float(props.max()) <= 128.0 + 1e-4 and float(props.min()) >= 0.0
+    assert model.training  # restored
+    for fig in (cb.figure_rpn(image, internals),
+                cb.figure_cascade_stages(image, internals, target)):
+        plt.close(fig)
