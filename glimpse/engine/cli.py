@@ -78,9 +78,7 @@ def train_main(argv: list[str]) -> int:
     if args.model not in zoo.names():
         return _fail(prog, f"unknown model {args.model!r}; known models: {', '.join(zoo.names())}")
     device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         return _fail(prog, "--device cuda was asked for but no CUDA device is available")
     try:
         cfg = TrainConfig(

@@ -16,7 +16,14 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["DistInfo", "init_distributed", "get_rank", "get_world_size", "ShardedBatchSampler"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "get_rank",
+    "get_world_size",
+    "resolve_device",
+    "ShardedBatchSampler",
+]
 
 
 @dataclass(frozen=True)
@@ -54,17 +61,24 @@ def get_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def init_distributed(device: str | torch.device = "cpu") -> DistInfo:
     """Join the process group described by torchrun's environment variables, if any.
 
     Args:
-        device: ``"cpu"``, ``"cuda"`` or an explicit device. Under a multi-process launch,
-            ``"cuda"`` becomes ``cuda:LOCAL_RANK``.
+        device: ``"cpu"``, ``"cuda"``, ``"auto"`` or an explicit device. Under a multi-process
+            launch, ``"cuda"`` becomes ``cuda:LOCAL_RANK``.
 
     Returns:
         The rank, world size and device of this process.
     """
-    device = torch.device(device)
+    device = resolve_device(device)
     if dist.is_available() and dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
         local_rank = int(os.environ.get("LOCAL_RANK", rank))

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from glimpse.engine.distributed import resolve_device
 from glimpse.structures import Detection, box_xyxy_to_xywh
 
 __all__ = [
@@ -71,7 +72,7 @@ def iter_inference(
         model: eval mode ``model(images) -> list[Detection]``; when every target carries
             ``proposals`` (Fast R-CNN data) they are passed as ``model(images, proposals=...)``.
         dataset: items ``(image float[3,H,W], Target)`` at original resolution.
-        device: where the model runs.
+        device: where the model runs (``"auto"``: a GPU when there is one).
         batch_size: images per forward.
         collate_fn: default :func:`glimpse.data.collate`.
         num_workers: DataLoader workers.
@@ -83,6 +84,7 @@ def iter_inference(
     """
     if collate_fn is None:
         from glimpse.data import collate as collate_fn
+    device = resolve_device(device)
     was_training = model.training
     model.to(device).eval()
     loader = DataLoader(

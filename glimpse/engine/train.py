@@ -272,7 +272,8 @@ def fit(
         cfg: hyper-parameters.
         work_dir: run directory for ``log.jsonl``, ``config.json``, ``checkpoints/`` and
             ``last.pt``.
-        device: ``"cpu"``, ``"cuda"`` (``cuda:LOCAL_RANK`` under torchrun) or a device.
+        device: ``"cpu"``, ``"cuda"`` (``cuda:LOCAL_RANK`` under torchrun), ``"auto"`` or a
+            device.
         resume: continue from ``WORK_DIR/last.pt`` when it exists (else start from scratch).
         collate_fn: batch collation; default :func:`glimpse.data.collate`
             (``(list[Tensor[3,H,W]], list[Target])``).
@@ -413,10 +414,27 @@ class _Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        self._apply_schedule()
         states = ckpt["rng"]
         set_rng_state(states[self.info.rank % len(states)])
         start = int(ckpt["iteration"])
         return start, self._read_log(start)
+
+    def _apply_schedule(self) -> None:
+        """Make the current config the source of truth for the lr schedule after a resume
+        (a loaded scheduler state carries the old milestones and peak lr); with an unchanged
+        config this changes nothing."""
+        cfg, sched = self.cfg, self.scheduler
+        sched.milestones = cfg.milestones()
+        sched.gamma = cfg.lr_gamma
+        sched.warmup_iters = cfg.warmup_iters
+        sched.warmup_ratio = cfg.warmup_ratio
+        peak = cfg.scaled_lr(self.info.world_size)
+        sched.base_lrs = [peak for _ in self.optimizer.param_groups]
+        for group, lr in zip(self.optimizer.param_groups, sched.get_lr()):
+            group["initial_lr"] = peak
+            group["lr"] = lr
+        sched._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _read_log(self, upto: int) -> list[dict[str, float]]:
         """Entries of ``log.jsonl`` up to iteration ``upto``; later ones (written after the last

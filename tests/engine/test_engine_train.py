@@ -338,3 +338,14 @@ def test_a_classifier_trains_through_the_same_loop(tmp_path):
     first = sum(h["loss_cls"] for h in history[:5]) / 5
     last = sum(h["loss_cls"] for h in history[-5:]) / 5
     assert "stats_top1" in history[0] and last < first
+
+
+def test_resume_with_a_longer_schedule_warns_and_follows_the_new_config(tmp_path):
+    short = toy_config(max_iters=10, warmup_iters=0, lr_steps=(8,), checkpoint_every=0)
+    fit(ToyNet(), ToyDataset(), short, tmp_path, collate_fn=toy_collate)
+    longer = toy_config(max_iters=14, warmup_iters=0, lr_steps=(12,), checkpoint_every=0, lr=0.1)
+    with pytest.warns(UserWarning, match="lr, lr_steps, max_iters"):
+        result = fit(ToyNet(), ToyDataset(), longer, tmp_path, resume=True, collate_fn=toy_collate)
+    lrs = {h["iter"]: h["lr"] for h in result.history}
+    assert lrs[8] == pytest.approx(0.05) and lrs[9] == pytest.approx(0.005)  # the first run
+    assert [lrs[i] for i in (11, 12, 13, 14)] == pytest.approx([0.1, 0.1, 0.01, 0.01])
