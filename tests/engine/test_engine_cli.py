@@ -126,7 +126,7 @@ def test_train_end_to_end_on_synthetic_smoke(tmp_path, capsys):
     work = tmp_path / "run"
     argv = ["faster_rcnn_slim_fpn", "--data", "synthetic-smoke", "--max-iters", "4",
             "--batch-size", "2", "--checkpoint-every", "2", "--work-dir", str(work),
-            "--device", "cpu"]  # fmt: skip
+            "--device", "cpu", "--eval-batch-size", "8"]  # fmt: skip
     assert train_main(argv) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert set(metrics["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
