@@ -57,6 +57,7 @@ __all__ = [
     "imagenet_table",
     "complexity_table",
     "stage_table",
+    "detection_backbones_table",
     "fish_figure",
     "load_example_image",
     "feature_maps",
@@ -163,12 +164,12 @@ PROFILES: dict[str, FishNetExperiment] = {
     "smoke": FishNetExperiment(profile="smoke"),
     # CPU, real small data, tens of minutes: imagenette-mini (10 classes, 50 train / 20 val
     # images per class) at 64 px, 30 epochs, lr steps every 10 (the official 30-of-100 ratio);
-    # slim Mask R-CNNs on synthetic-cpu shapes and COCO128.
+    # slim Mask R-CNNs for 150 iterations at 192 px on synthetic-cpu shapes and COCO128.
     "cpu": FishNetExperiment(
         profile="cpu", cls_data="imagenette-mini", cls_image_size=64, cls_test_resize=73,
         cls_epochs=30, cls_batch_size=32, cls_lr_step_epochs=10,
-        det_data=("synthetic-cpu", "coco128"), det_iters=300, det_batch_size=2,
-        det_image_scale=(256, 256), det_max_val_images=None, grad_image_size=96,
+        det_data=("synthetic-cpu", "coco128"), det_iters=150, det_batch_size=2,
+        det_image_scale=(192, 192), det_max_val_images=None, grad_image_size=96,
         work_root="results/fishnet/runs/cpu"),
     # GPU, the official recipe on ImageNet (100 epochs, batch 256, lr 0.1, x0.1 every 30) and
     # the real Mask R-CNN builders on COCO (1x schedule, 1333x800).
@@ -368,6 +369,8 @@ def imagenet_table(cfg: FishNetExperiment, runs: pd.DataFrame) -> pd.DataFrame:
         train_s=("train_s", "mean")).reset_index()
     out = paper[["model", "top1", "top5", "source"]].merge(
         agg, on="model", how="outer", suffixes=("_paper", "_glimpse"), sort=False)
+    order = list(paper["model"]) + [m for m in agg["model"] if m not in set(paper["model"])]
+    out = out.set_index("model").loc[order].reset_index()  # paper order, then extra models
     out["data"] = cfg.cls_data
     out["resolution"] = cfg.cls_image_size
     out["epochs"] = cfg.cls_epochs
@@ -452,6 +455,29 @@ def stage_table(config: FishNetConfig = FISHNET99, size: int = 224) -> pd.DataFr
                      "trans_blocks": config.num_trans_blocks[i - 5] if i >= 5 else 0,
                      "concatenates": "" if src is None else
                      f"{_STAGE_LABELS[src]} ({model.stage_channels[src]} ch)"})
+    return pd.DataFrame(rows)
+
+
+def detection_backbones_table() -> pd.DataFrame:
+    """The FPN-ready FishNet trunks of the zoo: bottlenecks B, Conv2d modules, trunk
+    parameters and the C2..C5 channels handed to FPN (FishNet-188: reconstruction)."""
+    from glimpse.backbones import fishnet as fb
+
+    rows = []
+    for name, config, note in (
+            ("FishNet-99", fb.FISHNET99, "official blocks"),
+            ("FishNet-150", fb.FISHNET150, "official blocks"),
+            ("FishNet-188", fb.FISHNET188, "reconstruction: FishNet-201 minus 2+2 blocks in "
+                                           "head stage 9"),
+            ("FishNet-201", fb.FISHNET201, "official blocks"),
+            ("FishNet-slim", fb.FISHNET_SLIM, "FishNet-99 blocks at 1/8 width (smoke)")):
+        with torch.device("meta"):
+            trunk = fb.FishNetBackbone(config)
+        rows.append({"backbone": name, "bottlenecks": config.num_bottlenecks,
+                     "convs": sum(isinstance(m, nn.Conv2d) for m in trunk.modules()),
+                     "params": sum(p.numel() for p in trunk.parameters()),
+                     "fpn_in_channels": str(list(trunk.out_channels.values())),
+                     "strides": str(list(trunk.out_strides.values())), "note": note})
     return pd.DataFrame(rows)
 
 
@@ -643,7 +669,8 @@ def _train_detector(cfg: FishNetExperiment, model_name: str, data: str,
                            "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
     for iou_type, prefix in (("bbox", "box"), ("segm", "mask")):
         for k in ("AP", "APs", "APm", "APl"):
-            row[f"{prefix}_{k}"] = 100 * metrics[iou_type][k]
+            v = metrics[iou_type][k]  # COCOeval gives -1 for an area range without GT
+            row[f"{prefix}_{k}"] = 100 * v if v >= 0 else float("nan")
     return row
 
 
