@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_toys import ToyDataset, ToyNet, toy_collate, toy_config
 
 from glimpse.engine.distributed import ShardedBatchSampler
 from glimpse.engine.train import (
@@ -28,6 +27,10 @@ from glimpse.engine.train import (
 
 TOYS = Path(__file__).with_name("engine_toys.py")
 REPO = Path(__file__).resolve().parents[2]
+
+# pytest runs with --import-mode=importlib: make the helper module next to this file importable
+sys.path.insert(0, str(TOYS.parent))
+from engine_toys import ToyDataset, ToyNet, toy_collate, toy_config  # noqa: E402
 
 
 def _env() -> dict[str, str]:
