@@ -53,8 +53,14 @@ class TwoStageDetector(nn.Module):
         backbone: module returning the ``c2..c5`` feature dict.
         neck: FPN (or any module mapping the backbone maps to a list of levels, finest first;
             the RPN uses all of them, the RoI extractors the first four).
-        rpn_head: :class:`~glimpse.heads.rpn.RPNHead` or None.
-        roi_head: :class:`~glimpse.heads.cascade.CascadeRoIHead` (or a subclass) or None.
+        rpn_head: :class:`~glimpse.heads.rpn.RPNHead` or None. Any proposal head with the same
+            four calls fits (guided anchoring's GA-RPN): ``raw = head(feats)``,
+            ``anchors = head.get_anchors(raw)``, ``head.loss(raw, anchors, targets,
+            image_sizes, pad_sizes) -> dict`` and ``head.predict(raw, anchors, image_sizes)
+            -> list[(boxes, scores)]``.
+        roi_head: :class:`~glimpse.heads.cascade.CascadeRoIHead` (or a subclass such as HTC's)
+            or None; called as ``loss(feats, proposals, targets, image_sizes)`` and
+            ``predict(feats, proposals, image_sizes)``.
         preprocessor: resize / normalise / pad and the inverse mapping.
     """
 
