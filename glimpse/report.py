@@ -556,12 +556,16 @@ def clean_notebook(nb: Any, *, keep_injected: bool = False) -> Any:
     """Strip volatile metadata from an nbformat v4 notebook in place and return it.
 
     Removes ``metadata.papermill`` and ``metadata.widgets``, per-cell ``execution`` /
-    ``papermill`` / ``ExecuteTime`` metadata, execution counts and widget views (outputs are
-    kept otherwise), and papermill's ``injected-parameters`` cells unless ``keep_injected``.
+    ``papermill`` / ``ExecuteTime`` metadata and widget views (outputs are kept otherwise), and
+    papermill's ``injected-parameters`` cells unless ``keep_injected``. Execution counts are
+    renumbered 1, 2, 3, ... over the code cells, as a clean "Restart & Run All" leaves them:
+    nbval refuses to compare a cell that has outputs but no execution count, and sequential
+    numbers stay the same from run to run.
     """
     nb.metadata.pop("papermill", None)
     nb.metadata.pop("widgets", None)
     cells = []
+    count = 0
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
         if "injected-parameters" in tags and not keep_injected:
@@ -569,11 +573,12 @@ def clean_notebook(nb: Any, *, keep_injected: bool = False) -> Any:
         for key in _CELL_KEYS:
             cell.metadata.pop(key, None)
         if cell.cell_type == "code":
-            cell.execution_count = None
+            count += 1
+            cell.execution_count = count
             outputs = []
             for out in cell.get("outputs", []):
                 if "execution_count" in out:
-                    out["execution_count"] = None
+                    out["execution_count"] = count
                 data = out.get("data")
                 if data is not None and _WIDGET_MIME in data:
                     del data[_WIDGET_MIME]

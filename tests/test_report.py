@@ -289,10 +289,11 @@ def test_clean_notebooks(tmp_path, capsys):
     assert "papermill" not in nb.metadata and "widgets" not in nb.metadata
     assert nb.metadata.kernelspec.name == "python3"
     assert [c.source for c in nb.cells] == ["# t", 'profile = "smoke"', "1 + 1"]
+    # execution counts renumbered over the code cells (the injected cell is gone)
+    assert [c.get("execution_count") for c in nb.cells] == [None, 1, 2]
     code = nb.cells[2]
-    assert code.execution_count is None
     assert set(code.metadata) == set()
-    assert [o.get("execution_count") for o in code.outputs] == [None, None]
+    assert [o.get("execution_count") for o in code.outputs] == [2, None]
     assert code.outputs[0].data["text/plain"] == "2"
     assert code.outputs[1].data == {"text/plain": "progress"}
     nbformat.validate(nb)
