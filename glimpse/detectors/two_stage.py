@@ -18,6 +18,7 @@ Settings that differ between mmdet versions follow the v2/v3 configs:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -341,11 +342,8 @@ def _cascade(
                          rpn_test_proposals, rpn_train)
     box_heads = [BoxHead(num_classes, fpn_channels, fc_channels=fc_channels, class_agnostic=True,
                          target_stds=stds, box_loss_beta=box_loss_beta) for stds in stage_stds]
-    train_cfgs = [
-        RCNNTrainConfig(**{**rcnn_train.__dict__, "pos_iou_thr": iou, "neg_iou_thr": iou,
-                           "min_pos_iou": iou})
-        for iou in stage_ious
-    ]
+    train_cfgs = [replace(rcnn_train, pos_iou_thr=iou, neg_iou_thr=iou, min_pos_iou=iou)
+                  for iou in stage_ious]
     mask_heads = None
     if with_mask:
         mask_heads = [FCNMaskHead(num_classes, fpn_channels, fpn_channels,
