@@ -29,10 +29,10 @@ FishNet-188 (the backbone of the talk's COCO table) is not in the official code;
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 import math
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -259,7 +259,8 @@ class FishNet(nn.Module):
             return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
                     norm_layer(cout), nn.ReLU(inplace=True)]
 
-        self.stem = nn.Sequential(*conv_bn_relu(3, stem // 2, 2), *conv_bn_relu(stem // 2, stem // 2),
+        self.stem = nn.Sequential(*conv_bn_relu(3, stem // 2, 2),
+                                  *conv_bn_relu(stem // 2, stem // 2),
                                   *conv_bn_relu(stem // 2, stem),
                                   nn.MaxPool2d(3, stride=2, padding=1))
         channels = [stem]  # channels of all_feat[i]

@@ -25,7 +25,6 @@ import dataclasses
 import math
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -533,8 +532,9 @@ def load_example_image(cfg: FishNetExperiment | None = None) -> tuple[Tensor, st
 @torch.no_grad()
 def feature_maps(model: FishNet, image: Tensor, size: int = 224) -> list[Tensor]:
     """``all_feat`` of one image (resized to ``size``, ImageNet-normalised), eval mode."""
-    from glimpse.classification import IMAGENET_MEAN_01, IMAGENET_STD_01
     from torchvision.transforms.functional import normalize, resize
+
+    from glimpse.classification import IMAGENET_MEAN_01, IMAGENET_STD_01
 
     x = resize(image, [size, size], antialias=True)
     x = normalize(x, IMAGENET_MEAN_01, IMAGENET_STD_01)[None]
