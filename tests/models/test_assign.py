@@ -9,6 +9,7 @@ import torch
 
 from glimpse.assign import (
     AnchorGenerator,
+    AssignResult,
     DeltaXYWHBoxCoder,
     MaxIoUAssigner,
     RandomSampler,
@@ -52,7 +53,8 @@ def test_grid_anchor_ordering_y_x_anchor():
     (anchors,) = gen.grid_anchors([(2, 3)])
     assert anchors.shape == (2 * 3 * 3, 4)
     # location (y=1, x=2), anchor 1 (square 32x32) centred at (8, 4)
-    torch.testing.assert_close(anchors[(1 * 3 + 2) * 3 + 1], torch.tensor([-8.0, -12.0, 24.0, 20.0]))
+    torch.testing.assert_close(anchors[(1 * 3 + 2) * 3 + 1],
+                               torch.tensor([-8.0, -12.0, 24.0, 20.0]))
     # a slow loop in the same order
     slow = [gen.base_anchors[0][k] + torch.tensor([x * 4.0, y * 4.0, x * 4.0, y * 4.0])
             for y in range(2) for x in range(3) for k in range(3)]
@@ -170,8 +172,6 @@ def _assigned(num_boxes: int, num_pos: int, num_ignored: int = 0):
     gt_inds = torch.zeros(num_boxes, dtype=torch.long)
     gt_inds[:num_pos] = 1
     gt_inds[num_pos:num_pos + num_ignored] = -1
-    from glimpse.assign import AssignResult
-
     labels = (gt_inds > 0).long() * 5
     return AssignResult(1, gt_inds, torch.zeros(num_boxes), labels)
 
