@@ -719,7 +719,7 @@ def dry_run(cfg: FishNetExperiment, *, cls_iters: int = 2, det_iters: int = 1,
         cfg, device="cpu", cls_data="synthetic", cls_synthetic_sizes=(4, 2), cls_batch_size=2,
         cls_max_iters=cls_iters, cls_num_seeds=1, cls_num_workers=0,
         det_data=("synthetic-smoke",), det_iters=det_iters, det_batch_size=1,
-        det_image_scale=det_image_scale, det_max_val_images=2)
+        det_image_scale=det_image_scale, det_max_val_images=2, work_root="")
     full_tcfg = classification_train_config(cfg, 1_281_167 if cfg.cls_data == "imagenet"
                                             else 500, cfg.seed)
     cls, _ = run_classification(small)
