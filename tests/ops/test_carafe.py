@@ -349,16 +349,24 @@ def test_cuda_gradcheck_and_opcheck():
 
 @pytest.mark.slow
 def test_cuda_sources_compile_and_link(tmp_path):
-    """Builds the CUDA variant here (no GPU needed) and loads it in a fresh process."""
+    """Builds the CUDA variant here (no GPU needed) and loads it in a fresh process.
+
+    Objects go to kernels/build/cuda-check (git-ignored) so that a rerun only rebuilds what
+    changed; the first build takes several minutes on two cores.
+    """
     from torch.utils.cpp_extension import CUDA_HOME
 
-    if CUDA_HOME is None:
+    # torch guesses CUDA_HOME from the nvcc on PATH (/usr/local/bin -> /usr/local), which has no
+    # libcudart; the toolkit proper is /usr/local/cuda.
+    cuda_home = os.environ.get("CUDA_HOME") or (
+        "/usr/local/cuda" if Path("/usr/local/cuda/bin/nvcc").exists() else CUDA_HOME)
+    if cuda_home is None:
         pytest.skip("no CUDA toolkit (nvcc) found")
-    env = dict(os.environ, GLIMPSE_FORCE_CUDA="1", MAX_JOBS="1",
+    env = dict(os.environ, GLIMPSE_FORCE_CUDA="1", MAX_JOBS="1", CUDA_HOME=cuda_home,
                TORCH_CUDA_ARCH_LIST="8.0;9.0", OMP_NUM_THREADS="1")
     build = subprocess.run(
-        [sys.executable, "setup.py", "build_ext", "--build-temp", str(tmp_path / "tmp"),
-         "--build-lib", str(tmp_path / "lib")],
+        [sys.executable, "setup.py", "build_ext", "--build-temp",
+         str(REPO / "kernels" / "build" / "cuda-check"), "--build-lib", str(tmp_path / "lib")],
         cwd=REPO / "kernels", env=env, capture_output=True, text=True, timeout=3000,
     )
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]

@@ -60,9 +60,11 @@ Geometry make_geometry(const at::Tensor& features, int64_t k, int64_t G, int64_t
   return g;
 }
 
-// One cache line of outputs per register block.
+// Outputs per register block (two AVX-512 registers of floats), and channels processed together:
+// each mask value loaded from cache then feeds kChannels multiply-adds held in registers.
 template <typename T>
-constexpr int64_t kBlock = 256 / static_cast<int64_t>(sizeof(T));
+constexpr int64_t kBlock = 128 / static_cast<int64_t>(sizeof(T));
+constexpr int64_t kChannels = 4;
 
 // fup (k rows of length Lp) <- zero-padded, horizontally s-times repeated rows y0-r .. y0+r.
 template <typename T>
@@ -94,37 +96,52 @@ GLIMPSE_ALWAYS_INLINE void build_upsampled_rows(const T* __restrict__ plane, int
   }
 }
 
-// out[X] = sum_t mask[t][X] * fup[ky][X + s*kx] for one output row; mask rows are hw apart.
-template <typename T>
-GLIMPSE_ALWAYS_INLINE void reassemble_row(const T* __restrict__ mask_row, int64_t hw,
-                                          const T* __restrict__ fup, const Geometry& g,
-                                          T* __restrict__ out_row) {
+// For CB channels (fup buffers fstride apart, output rows hw apart), one output row:
+// out[X] = sum_t mask[t][X] * fup[ky][X + s*kx] for X in [x0, x0 + B); mask rows are hw apart.
+template <typename T, int64_t CB>
+GLIMPSE_ALWAYS_INLINE void reassemble_block(const T* __restrict__ mask_row, int64_t hw,
+                                            const T* __restrict__ fup, int64_t fstride,
+                                            const Geometry& g, int64_t x0,
+                                            T* __restrict__ out_row) {
+  constexpr int64_t B = kBlock<T>;
+  T acc[CB][B] = {};
+  for (int64_t ky = 0; ky < g.k; ++ky) {
+    for (int64_t kx = 0; kx < g.k; ++kx) {
+      const T* m = mask_row + (ky * g.k + kx) * hw + x0;
+      const T* f = fup + ky * g.Lp + g.s * kx + x0;
+      for (int64_t cb = 0; cb < CB; ++cb) {
+        for (int64_t i = 0; i < B; ++i) acc[cb][i] += m[i] * f[cb * fstride + i];
+      }
+    }
+  }
+  for (int64_t cb = 0; cb < CB; ++cb) {
+    for (int64_t i = 0; i < B; ++i) out_row[cb * hw + x0 + i] = acc[cb][i];
+  }
+}
+
+template <typename T, int64_t CB>
+GLIMPSE_ALWAYS_INLINE void reassemble_rows(const T* mask_row, int64_t hw, const T* fup,
+                                           int64_t fstride, const Geometry& g, T* out_row) {
   constexpr int64_t B = kBlock<T>;
   int64_t x0 = 0;
   for (; x0 + B <= g.Wo; x0 += B) {
-    T acc[B] = {};
-    for (int64_t ky = 0; ky < g.k; ++ky) {
-      const T* frow = fup + ky * g.Lp + x0;
-      for (int64_t kx = 0; kx < g.k; ++kx) {
-        const T* m = mask_row + (ky * g.k + kx) * hw + x0;
-        const T* f = frow + g.s * kx;
-        for (int64_t i = 0; i < B; ++i) acc[i] += m[i] * f[i];
-      }
-    }
-    for (int64_t i = 0; i < B; ++i) out_row[x0 + i] = acc[i];
+    reassemble_block<T, CB>(mask_row, hw, fup, fstride, g, x0, out_row);
   }
-  const int64_t rest = g.Wo - x0;
-  if (rest > 0) {
-    T acc[B] = {};
+  if (x0 < g.Wo) {
+    const int64_t nb = g.Wo - x0;
+    T acc[CB][B] = {};
     for (int64_t ky = 0; ky < g.k; ++ky) {
-      const T* frow = fup + ky * g.Lp + x0;
       for (int64_t kx = 0; kx < g.k; ++kx) {
         const T* m = mask_row + (ky * g.k + kx) * hw + x0;
-        const T* f = frow + g.s * kx;
-        for (int64_t i = 0; i < rest; ++i) acc[i] += m[i] * f[i];
+        const T* f = fup + ky * g.Lp + g.s * kx + x0;
+        for (int64_t cb = 0; cb < CB; ++cb) {
+          for (int64_t i = 0; i < nb; ++i) acc[cb][i] += m[i] * f[cb * fstride + i];
+        }
       }
     }
-    for (int64_t i = 0; i < rest; ++i) out_row[x0 + i] = acc[i];
+    for (int64_t cb = 0; cb < CB; ++cb) {
+      for (int64_t i = 0; i < nb; ++i) out_row[cb * hw + x0 + i] = acc[cb][i];
+    }
   }
 }
 
@@ -132,6 +149,7 @@ template <typename T>
 GLIMPSE_ALWAYS_INLINE void forward_units(const T* feat, const T* mask, T* out, const Geometry& g,
                                          int64_t begin, int64_t end, T* fup) {
   const int64_t hw = g.Ho * g.Wo;
+  const int64_t fstride = g.k * g.Lp;
   for (int64_t u = begin; u < end; ++u) {
     const int64_t y0 = u % g.H;
     const int64_t gi = (u / g.H) % g.G;
@@ -139,11 +157,50 @@ GLIMPSE_ALWAYS_INLINE void forward_units(const T* feat, const T* mask, T* out, c
     const T* fb = feat + (n * g.C + gi * g.Cg) * g.H * g.W;
     const T* mb = mask + (n * g.G + gi) * g.k2 * hw;
     T* ob = out + (n * g.C + gi * g.Cg) * hw;
-    for (int64_t c = 0; c < g.Cg; ++c) {
+    int64_t c = 0;
+    for (; c + kChannels <= g.Cg; c += kChannels) {
+      for (int64_t cb = 0; cb < kChannels; ++cb) {
+        build_upsampled_rows(fb + (c + cb) * g.H * g.W, y0, g, fup + cb * fstride);
+      }
+      for (int64_t sy = 0; sy < g.s; ++sy) {
+        const int64_t y = y0 * g.s + sy;
+        reassemble_rows<T, kChannels>(mb + y * g.Wo, hw, fup, fstride, g, ob + c * hw + y * g.Wo);
+      }
+    }
+    for (; c < g.Cg; ++c) {
       build_upsampled_rows(fb + c * g.H * g.W, y0, g, fup);
       for (int64_t sy = 0; sy < g.s; ++sy) {
         const int64_t y = y0 * g.s + sy;
-        reassemble_row(mb + y * g.Wo, hw, fup, g, ob + c * hw + y * g.Wo);
+        reassemble_rows<T, 1>(mb + y * g.Wo, hw, fup, fstride, g, ob + c * hw + y * g.Wo);
+      }
+    }
+  }
+}
+
+// For CB channels: dmask[t][X] += sum_cb dout_cb[X] * fup_cb[ky][X + s*kx] over one output row.
+template <typename T, int64_t CB>
+GLIMPSE_ALWAYS_INLINE void mask_grad_row(const T* __restrict__ d /* CB rows, hw apart */,
+                                         int64_t hw, const T* __restrict__ fup, int64_t fstride,
+                                         const Geometry& g, T* __restrict__ arow) {
+  constexpr int64_t B = kBlock<T>;
+  for (int64_t x0 = 0; x0 < g.Wo; x0 += B) {
+    const int64_t nb = std::min(B, g.Wo - x0);
+    for (int64_t ky = 0; ky < g.k; ++ky) {
+      for (int64_t kx = 0; kx < g.k; ++kx) {
+        T* __restrict__ a = arow + (ky * g.k + kx) * g.Wo + x0;
+        const T* __restrict__ f = fup + ky * g.Lp + g.s * kx + x0;
+        if (nb == B) {
+          T sum[B];
+          for (int64_t i = 0; i < B; ++i) sum[i] = a[i];
+          for (int64_t cb = 0; cb < CB; ++cb) {
+            for (int64_t i = 0; i < B; ++i) sum[i] += d[cb * hw + x0 + i] * f[cb * fstride + i];
+          }
+          for (int64_t i = 0; i < B; ++i) a[i] = sum[i];
+        } else {
+          for (int64_t cb = 0; cb < CB; ++cb) {
+            for (int64_t i = 0; i < nb; ++i) a[i] += d[cb * hw + x0 + i] * f[cb * fstride + i];
+          }
+        }
       }
     }
   }
@@ -154,8 +211,8 @@ template <typename T>
 GLIMPSE_ALWAYS_INLINE void mask_grad_units(const T* feat, const T* dout, T* dmask,
                                            const Geometry& g, int64_t begin, int64_t end, T* fup,
                                            T* acc /* s * k2 * Wo */) {
-  constexpr int64_t B = kBlock<T>;
   const int64_t hw = g.Ho * g.Wo;
+  const int64_t fstride = g.k * g.Lp;
   for (int64_t u = begin; u < end; ++u) {
     const int64_t y0 = u % g.H;
     const int64_t gi = (u / g.H) % g.G;
@@ -163,25 +220,21 @@ GLIMPSE_ALWAYS_INLINE void mask_grad_units(const T* feat, const T* dout, T* dmas
     const T* fb = feat + (n * g.C + gi * g.Cg) * g.H * g.W;
     const T* db = dout + (n * g.C + gi * g.Cg) * hw;
     std::fill(acc, acc + g.s * g.k2 * g.Wo, T(0));
-    for (int64_t c = 0; c < g.Cg; ++c) {
+    int64_t c = 0;
+    for (; c + kChannels <= g.Cg; c += kChannels) {
+      for (int64_t cb = 0; cb < kChannels; ++cb) {
+        build_upsampled_rows(fb + (c + cb) * g.H * g.W, y0, g, fup + cb * fstride);
+      }
+      for (int64_t sy = 0; sy < g.s; ++sy) {
+        mask_grad_row<T, kChannels>(db + c * hw + (y0 * g.s + sy) * g.Wo, hw, fup, fstride, g,
+                                    acc + sy * g.k2 * g.Wo);
+      }
+    }
+    for (; c < g.Cg; ++c) {
       build_upsampled_rows(fb + c * g.H * g.W, y0, g, fup);
       for (int64_t sy = 0; sy < g.s; ++sy) {
-        const T* __restrict__ d = db + c * hw + (y0 * g.s + sy) * g.Wo;
-        T* arow = acc + sy * g.k2 * g.Wo;
-        for (int64_t x0 = 0; x0 < g.Wo; x0 += B) {
-          const int64_t nb = std::min(B, g.Wo - x0);
-          for (int64_t ky = 0; ky < g.k; ++ky) {
-            for (int64_t kx = 0; kx < g.k; ++kx) {
-              T* __restrict__ a = arow + (ky * g.k + kx) * g.Wo + x0;
-              const T* __restrict__ f = fup + ky * g.Lp + g.s * kx + x0;
-              if (nb == B) {
-                for (int64_t i = 0; i < B; ++i) a[i] += d[x0 + i] * f[i];
-              } else {
-                for (int64_t i = 0; i < nb; ++i) a[i] += d[x0 + i] * f[i];
-              }
-            }
-          }
-        }
+        mask_grad_row<T, 1>(db + c * hw + (y0 * g.s + sy) * g.Wo, hw, fup, fstride, g,
+                            acc + sy * g.k2 * g.Wo);
       }
     }
     T* mb = dmask + (n * g.G + gi) * g.k2 * hw;
@@ -194,12 +247,72 @@ GLIMPSE_ALWAYS_INLINE void mask_grad_units(const T* feat, const T* dout, T* dmas
   }
 }
 
+// For CB channels (padded rows Lp apart): row_cb[X + s*kx] += m_kx[X] * d_cb[X] over one output
+// row, for every kx; the dout chunk stays in registers across the k taps.
+template <typename T, int64_t CB>
+GLIMPSE_ALWAYS_INLINE void feature_grad_row(const T* __restrict__ m /* k rows, hw apart */,
+                                            const T* __restrict__ d /* CB rows, hw apart */,
+                                            int64_t hw, const Geometry& g,
+                                            T* __restrict__ rows /* CB x Lp */) {
+  constexpr int64_t B = kBlock<T>;
+  for (int64_t x0 = 0; x0 < g.Wo; x0 += B) {
+    const int64_t nb = std::min(B, g.Wo - x0);
+    if (nb == B) {
+      T dv[CB][B];
+      for (int64_t cb = 0; cb < CB; ++cb) {
+        for (int64_t i = 0; i < B; ++i) dv[cb][i] = d[cb * hw + x0 + i];
+      }
+      for (int64_t kx = 0; kx < g.k; ++kx) {
+        const T* mk = m + kx * hw + x0;
+        for (int64_t cb = 0; cb < CB; ++cb) {
+          T* dst = rows + cb * g.Lp + g.s * kx + x0;
+          for (int64_t i = 0; i < B; ++i) dst[i] += mk[i] * dv[cb][i];
+        }
+      }
+    } else {
+      for (int64_t kx = 0; kx < g.k; ++kx) {
+        const T* mk = m + kx * hw + x0;
+        for (int64_t cb = 0; cb < CB; ++cb) {
+          T* dst = rows + cb * g.Lp + g.s * kx + x0;
+          for (int64_t i = 0; i < nb; ++i) dst[i] += mk[i] * d[cb * hw + x0 + i];
+        }
+      }
+    }
+  }
+}
+
+template <typename T, int64_t CB>
+GLIMPSE_ALWAYS_INLINE void feature_grad_channels(const T* mb, const T* db, int64_t y,
+                                                 const Geometry& g, T* rows, T* out) {
+  const int64_t hw = g.Ho * g.Wo;
+  std::fill(rows, rows + CB * g.Lp, T(0));
+  for (int64_t ky = 0; ky < g.k; ++ky) {
+    // Output rows whose window row ky lands on source row y have y0 = y - ky + r.
+    const int64_t y0 = y - ky + g.r;
+    if (y0 < 0 || y0 >= g.H) continue;
+    for (int64_t sy = 0; sy < g.s; ++sy) {
+      const int64_t yo = y0 * g.s + sy;
+      feature_grad_row<T, CB>(mb + ky * g.k * hw + yo * g.Wo, db + yo * g.Wo, hw, g, rows);
+    }
+  }
+  // Fold the s sub-columns of each padded source column back onto the source pixel.
+  for (int64_t cb = 0; cb < CB; ++cb) {
+    const T* src = rows + cb * g.Lp + g.s * g.r;
+    T* dst = out + cb * g.H * g.W;
+    for (int64_t x = 0; x < g.W; ++x) {
+      T v = 0;
+      for (int64_t q = 0; q < g.s; ++q) v += src[g.s * x + q];
+      dst[x] = v;
+    }
+  }
+}
+
 // dfeat[c][y][x] = sum over the outputs that read source pixel (y, x): the transpose of
-// reassemble_row, gathered per source row y so that each unit owns its output row.
+// reassemble_rows, gathered per source row y so that each unit owns its output row.
 template <typename T>
 GLIMPSE_ALWAYS_INLINE void feature_grad_units(const T* mask, const T* dout, T* dfeat,
                                               const Geometry& g, int64_t begin, int64_t end,
-                                              T* row /* Lp */) {
+                                              T* rows /* kChannels * Lp */) {
   const int64_t hw = g.Ho * g.Wo;
   for (int64_t u = begin; u < end; ++u) {
     const int64_t y = u % g.H;
@@ -207,31 +320,13 @@ GLIMPSE_ALWAYS_INLINE void feature_grad_units(const T* mask, const T* dout, T* d
     const int64_t n = u / (g.H * g.G);
     const T* mb = mask + (n * g.G + gi) * g.k2 * hw;
     const T* db = dout + (n * g.C + gi * g.Cg) * hw;
-    T* fb = dfeat + (n * g.C + gi * g.Cg) * g.H * g.W;
-    for (int64_t c = 0; c < g.Cg; ++c) {
-      std::fill(row, row + g.Lp, T(0));
-      for (int64_t ky = 0; ky < g.k; ++ky) {
-        // Output rows whose window row ky lands on source row y have y0 = y - ky + r.
-        const int64_t y0 = y - ky + g.r;
-        if (y0 < 0 || y0 >= g.H) continue;
-        for (int64_t sy = 0; sy < g.s; ++sy) {
-          const int64_t yo = y0 * g.s + sy;
-          const T* __restrict__ d = db + c * hw + yo * g.Wo;
-          for (int64_t kx = 0; kx < g.k; ++kx) {
-            const T* __restrict__ m = mb + (ky * g.k + kx) * hw + yo * g.Wo;
-            T* __restrict__ dst = row + g.s * kx;
-            for (int64_t x = 0; x < g.Wo; ++x) dst[x] += m[x] * d[x];
-          }
-        }
-      }
-      // Fold the s sub-columns of each padded source column back onto the source pixel.
-      T* out = fb + c * g.H * g.W + y * g.W;
-      const T* src = row + g.s * g.r;
-      for (int64_t x = 0; x < g.W; ++x) {
-        T v = 0;
-        for (int64_t q = 0; q < g.s; ++q) v += src[g.s * x + q];
-        out[x] = v;
-      }
+    T* fb = dfeat + (n * g.C + gi * g.Cg) * g.H * g.W + y * g.W;
+    int64_t c = 0;
+    for (; c + kChannels <= g.Cg; c += kChannels) {
+      feature_grad_channels<T, kChannels>(mb, db + c * hw, y, g, rows, fb + c * g.H * g.W);
+    }
+    for (; c < g.Cg; ++c) {
+      feature_grad_channels<T, 1>(mb, db + c * hw, y, g, rows, fb + c * g.H * g.W);
     }
   }
 }
@@ -306,7 +401,7 @@ at::Tensor carafe_forward_cpu(const at::Tensor& features, const at::Tensor& mask
     const scalar_t* m = mask.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, g.N * g.G * g.H, grain_for(g), [&](int64_t b, int64_t e) {
-      std::vector<scalar_t> fup(g.k * g.Lp);
+      std::vector<scalar_t> fup(kChannels * g.k * g.Lp);
       forward_dispatch(f, m, o, g, b, e, fup.data());
     });
   });
@@ -333,12 +428,12 @@ std::tuple<at::Tensor, at::Tensor> carafe_backward_cpu(
     scalar_t* dm = dmask.mutable_data_ptr<scalar_t>();
     const int64_t units = g.N * g.G * g.H;
     at::parallel_for(0, units, grain_for(g), [&](int64_t b, int64_t e) {
-      std::vector<scalar_t> fup(g.k * g.Lp);
+      std::vector<scalar_t> fup(kChannels * g.k * g.Lp);
       std::vector<scalar_t> acc(g.s * g.k2 * g.Wo);
       mask_grad_dispatch(f, d, dm, g, b, e, fup.data(), acc.data());
     });
     at::parallel_for(0, units, grain_for(g), [&](int64_t b, int64_t e) {
-      std::vector<scalar_t> row(g.Lp);
+      std::vector<scalar_t> row(kChannels * g.Lp);
       feature_grad_dispatch(m, d, df, g, b, e, row.data());
     });
   });

@@ -1,0 +1,222 @@
+"""``python -m glimpse bench carafe``: the compiled CARAFE op against the pure-PyTorch reference.
+
+Times forward and forward+backward of ``torch.ops.glimpse.carafe`` and of
+:func:`glimpse.ops.carafe_ref` in the same run, at the FPN shapes of a 1333x800 image (P5->P4
+and P4->P3 sized maps, kernel 5, one group, scale 2: mmdet's FPN_CARAFE), with 1 and 2 threads.
+Next to each time it reports the achieved GFLOP/s and GB/s and the machine's floor for the op,
+max(bytes / copy bandwidth, FLOPs / matmul throughput), both measured in the same run with the
+same thread count. Peak memory of one forward+backward is measured in a fresh process per
+implementation (CPU: growth of the resident-set high-water mark; CUDA: the caching allocator's
+peak). The machines are shared and noisy: only same-run ratios mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["main", "run"]
+
+FPN_SHAPES = [(2, 256, 50, 76), (2, 256, 100, 152)]
+QUICK_SHAPES = [(1, 64, 25, 38)]
+KERNEL, GROUPS, SCALE = 5, 1, 2  # mmdet FPN_CARAFE: up_kernel=5, up_group=1, scale_factor=2
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int, device: str) -> float:
+    fn()  # warm-up: allocator, page faults, lazy initialisation
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _machine_floor(device: str, repeats: int) -> tuple[float, float]:
+    """(copy GB/s counting bytes read + written, float32 matmul GFLOP/s) on ``device``."""
+    src = torch.empty(64 * 2**20, device=device).uniform_()  # 256 MB, far beyond any cache
+    dst = torch.empty_like(src)
+    copy_s = _median_seconds(lambda: dst.copy_(src), repeats, device)
+    a = torch.randn(2048, 2048, device=device)
+    b = torch.randn(2048, 2048, device=device)
+    mm_s = _median_seconds(lambda: a @ b, repeats, device)
+    return 2 * src.numel() * 4 / copy_s / 1e9, 2 * 2048**3 / mm_s / 1e9
+
+
+def _inputs(shape, device: str, dtype=torch.float32):
+    n, c, h, w = shape
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(shape, generator=gen, dtype=dtype)
+    masks = torch.randn(n, KERNEL**2 * GROUPS, h * SCALE, w * SCALE, generator=gen, dtype=dtype)
+    masks = masks.view(n, GROUPS, KERNEL**2, h * SCALE, w * SCALE).softmax(2).view_as(masks)
+    return features.to(device).requires_grad_(), masks.to(device).requires_grad_()
+
+
+def _impls() -> dict[str, Callable]:
+    from glimpse.ops import carafe_ref, kernel_status
+
+    impls = {"reference": carafe_ref}
+    if kernel_status()["loaded"]:
+        impls["compiled"] = torch.ops.glimpse.carafe
+    return impls
+
+
+def _cost(shape) -> tuple[int, int, int, int]:
+    """(forward FLOPs, forward bytes, backward FLOPs, backward bytes) at float32."""
+    n, c, h, w = shape
+    out = n * c * h * w * SCALE**2
+    feat, mask = n * c * h * w, n * KERNEL**2 * GROUPS * h * w * SCALE**2
+    flops = 2 * out * KERNEL**2
+    # forward reads features and masks and writes the output; backward reads grad_output,
+    # features and masks and writes both gradients.
+    return flops, 4 * (feat + mask + out), 2 * flops, 4 * (out + 2 * feat + 2 * mask)
+
+
+def _peak_memory_mb(impl: str, shape, device: str) -> float:
+    """Extra peak memory of one forward+backward, measured in a fresh process."""
+    code = (
+        "import json, sys, torch\n"
+        "from glimpse.bench.carafe import _measure_peak\n"
+        f"print(json.dumps(_measure_peak({impl!r}, {tuple(shape)!r}, {device!r})))\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                            timeout=1800)
+    if result.returncode != 0:
+        raise RuntimeError(f"peak-memory run of {impl} {shape} failed:\n{result.stderr[-2000:]}")
+    return float(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def _rss_high_water_kb() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
+def _measure_peak(impl: str, shape, device: str) -> float:
+    torch.set_num_threads(1)
+    fn = _impls()[impl]
+    features, masks = _inputs(shape, device)
+    grad = torch.ones(features.shape[0], features.shape[1], features.shape[2] * SCALE,
+                      features.shape[3] * SCALE, device=device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_high_water_kb() * 1024
+    out = fn(features, masks, KERNEL, GROUPS, SCALE)
+    torch.autograd.grad(out, (features, masks), grad)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return (_rss_high_water_kb() * 1024 - base) / 2**20
+
+
+def run(shapes, threads: list[int], repeats: int, device: str = "cpu",
+        memory: bool = True):
+    """Returns (table as a pandas DataFrame, machine description dict)."""
+    import pandas as pd
+
+    impls = _impls()
+    rows, machine = [], {"device": device, "torch": torch.__version__}
+    for nthreads in threads:
+        torch.set_num_threads(nthreads)
+        copy_gbps, mm_gflops = _machine_floor(device, repeats)
+        machine[f"copy_GBps_{nthreads}t"] = round(copy_gbps, 2)
+        machine[f"matmul_GFLOPs_{nthreads}t"] = round(mm_gflops, 1)
+        for shape in shapes:
+            fwd_flops, fwd_bytes, bwd_flops, bwd_bytes = _cost(shape)
+            features, masks = _inputs(shape, device)
+            grad = torch.ones(features.shape[0], features.shape[1], features.shape[2] * SCALE,
+                              features.shape[3] * SCALE, device=device)
+            times = {}
+            for name, fn in impls.items():
+                def forward(fn=fn):
+                    with torch.no_grad():
+                        return fn(features, masks, KERNEL, GROUPS, SCALE)
+
+                def forward_backward(fn=fn):
+                    out = fn(features, masks, KERNEL, GROUPS, SCALE)
+                    return torch.autograd.grad(out, (features, masks), grad)
+
+                times[name, "forward"] = _median_seconds(forward, repeats, device)
+                times[name, "forward+backward"] = _median_seconds(forward_backward, repeats,
+                                                                  device)
+            for (name, mode), seconds in times.items():
+                flops = fwd_flops if mode == "forward" else fwd_flops + bwd_flops
+                nbytes = fwd_bytes if mode == "forward" else fwd_bytes + bwd_bytes
+                floor = max(nbytes / (copy_gbps * 1e9), flops / (mm_gflops * 1e9))
+                ref = times["reference", mode]
+                rows.append({
+                    "shape": "x".join(map(str, shape)),
+                    "threads": nthreads,
+                    "impl": name,
+                    "pass": mode,
+                    "ms": seconds * 1e3,
+                    "speedup_vs_ref": ref / seconds,
+                    "GFLOPs": flops / seconds / 1e9,
+                    "GBps": nbytes / seconds / 1e9,
+                    "floor_ms": floor * 1e3,
+                    "x_floor": seconds / floor,
+                })
+            del features, masks, grad
+    table = pd.DataFrame(rows)
+    if memory:
+        peaks = {(name, "x".join(map(str, s))): _peak_memory_mb(name, s, device)
+                 for name in impls for s in shapes}
+        table["peak_MB_fwd_bwd"] = [peaks[r.impl, r.shape] for r in table.itertuples()]
+    return table, machine
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m glimpse bench carafe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"one small shape {QUICK_SHAPES[0]} (a smoke test of the bench)")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the table only; do not write results/bench/carafe.*")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench carafe: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    shapes = QUICK_SHAPES if args.quick else FPN_SHAPES
+    table, machine = run(shapes, threads, args.repeats, args.device, not args.no_memory)
+    from glimpse.ops import kernel_status
+
+    if "compiled" not in set(table["impl"]):
+        print(f"bench carafe: glimpse_kernels not loaded ({kernel_status()['reason']}); "
+              "timing the reference only", file=sys.stderr)
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.round(3).to_string(index=False))
+    print(json.dumps(machine, sort_keys=True))
+    if not args.no_write and not args.quick:
+        from glimpse.report import write_bench
+
+        machine["quick"] = args.quick
+        print(f"wrote {write_bench('carafe', table, machine=machine)}")
+    return 0
