@@ -168,7 +168,7 @@ def run(
     quick: bool = False,
     models: Sequence[str] = ("faster_rcnn_r50_fpn", "mask_rcnn_r50_fpn", "retinanet_r50_fpn"),
     train: bool = True,
-    train_batch: int = 2,
+    train_batch: int = 1,
     warmup: int = 1,
 ):
     """Time every case; returns a pandas DataFrame (one row per case)."""
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                         default=["faster_rcnn_r50_fpn", "mask_rcnn_r50_fpn", "retinanet_r50_fpn"],
                         choices=["faster_rcnn_r50_fpn", "mask_rcnn_r50_fpn", "retinanet_r50_fpn"])
     parser.add_argument("--no-train", action="store_true", help="skip the training-step row")
-    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--train-batch", type=int, default=1, help="images per training step")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.threads < 1:

@@ -165,6 +165,33 @@ def test_hand_made_assignment_matches_loop_reference():
     torch.testing.assert_close(losses["loss_box"].item(), box_total / avg, rtol=1e-6, atol=0)
 
 
+def test_loss_equals_torchvision_retinanet_loss():
+    """Single image, no padding: mmdet v2's normalisation equals torchvision's per-image one."""
+    from torchvision.models.detection import _utils as det_utils
+    from torchvision.models.detection.retinanet import RetinaNetHead
+    from torchvision.ops import box_iou
+
+    torch.manual_seed(0)
+    num_classes = 5
+    head = _small_head(num_classes)
+    cls, reg = head(_features(size=128))
+    target = {"boxes": torch.tensor([[10.0, 20.0, 70.0, 90.0], [60.0, 5.0, 120.0, 40.0],
+                                     [30.0, 30.0, 45.0, 50.0]]),
+              "labels": torch.tensor([1, 4, 5])}
+    ours = head.loss(cls, reg, [target], [(128, 128)])
+
+    anchors = torch.cat(head.anchors(cls))
+    outputs = {"cls_logits": head._flatten(cls, num_classes),
+               "bbox_regression": head._flatten(reg, 4)}
+    matcher = det_utils.Matcher(0.5, 0.4, allow_low_quality_matches=True)
+    matched = [matcher(box_iou(target["boxes"], anchors))]
+    tv_targets = [{"boxes": target["boxes"], "labels": target["labels"] - 1}]  # 0-based columns
+    theirs = RetinaNetHead(8, 9, num_classes).compute_loss(tv_targets, outputs, [anchors], matched)
+    assert ours["stats_num_pos"] == int((matched[0] >= 0).sum())
+    torch.testing.assert_close(ours["loss_cls"], theirs["classification"])
+    torch.testing.assert_close(ours["loss_box"], theirs["bbox_regression"])
+
+
 def test_ignore_regions_remove_anchors_from_training():
     from glimpse.assign import MaxIoUAssigner
 
