@@ -175,7 +175,10 @@ MODELS: dict[str, ModelSpec] = {
     "retinanet_r101_fpn": ModelSpec("retinanet", "r101"),
     "retinanet_x50_32x4d_fpn": ModelSpec("retinanet", "x50_32x4d"),
     "retinanet_x101_32x4d_fpn": ModelSpec("retinanet", "x101_32x4d"),
-    "retinanet_slim_fpn": ModelSpec("retinanet", "slim", SLIM_DEFAULTS),
+    # from scratch, a 64-channel head learns only with Kaiming-initialised towers
+    "retinanet_slim_fpn": ModelSpec(
+        "retinanet", "slim", {**SLIM_DEFAULTS, "tower_init": "kaiming"}
+    ),
     "cascade_rcnn_r50_fpn": ModelSpec("cascade_rcnn", "r50"),
     "cascade_rcnn_r101_fpn": ModelSpec("cascade_rcnn", "r101"),
     "cascade_rcnn_x50_32x4d_fpn": ModelSpec("cascade_rcnn", "x50_32x4d"),

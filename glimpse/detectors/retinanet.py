@@ -8,6 +8,7 @@ With a ResNet-50 backbone the model has 37,968,692 parameters, as mmdet's
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -81,6 +82,7 @@ def retinanet(
     stacked_convs: int = 4,
     test_cfg: RetinaTestConfig = RetinaTestConfig(),
     loss_weights: dict[str, float] | None = None,
+    tower_init: Literal["normal", "kaiming"] = "normal",
 ) -> RetinaNet:
     """RetinaNet with mmdet v2's defaults on any backbone of the C2..C5 contract.
 
@@ -97,6 +99,8 @@ def retinanet(
         stacked_convs: convs per head tower.
         test_cfg: inference thresholds.
         loss_weights: multipliers per loss key.
+        tower_init: head tower init, ``"normal"`` (mmdet) or ``"kaiming"`` (narrow heads
+            trained from scratch; see :class:`~glimpse.heads.retina.RetinaHead`).
     """
     in_channels = list(backbone.out_channels.values())
     neck = FPN(
@@ -114,6 +118,7 @@ def retinanet(
         stacked_convs=stacked_convs,
         test_cfg=test_cfg,
         loss_weights=loss_weights,
+        tower_init=tower_init,
     )
     preprocessor = DetectionPreprocessor(image_scale=image_scale, size_divisor=size_divisor)
     return RetinaNet(backbone, neck, head, preprocessor)

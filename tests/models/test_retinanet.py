@@ -323,3 +323,18 @@ def test_detector_eval_contract_original_pixels():
         assert det["boxes"][:, [0, 2]].max() <= img.shape[2]
         assert det["boxes"][:, [1, 3]].max() <= img.shape[1]
         assert det["labels"].min() >= 1 and det["labels"].max() <= 2
+
+
+def test_kaiming_tower_init_keeps_the_signal_of_narrow_heads():
+    torch.manual_seed(0)
+    feats = _features(size=128, channels=64)
+    for init, low, high in (("normal", 0.0, 1e-2), ("kaiming", 0.1, 10.0)):
+        head = RetinaHead(3, in_channels=64, feat_channels=64, tower_init=init)
+        std = head.cls_convs(feats[0]).std().item() / feats[0].std().item()
+        assert low < std < high, (init, std)
+    with pytest.raises(ValueError, match="tower_init"):
+        RetinaHead(3, tower_init="xavier")
+    from glimpse import zoo
+
+    assert zoo.build("retinanet_slim_fpn", 3).head.tower_init == "kaiming"
+    assert zoo.build("retinanet_r50_fpn", 3).head.tower_init == "normal"
