@@ -305,18 +305,22 @@ class RetinaHead(nn.Module):
         for i, shape in enumerate(image_shapes):
             boxes_all, scores_all, labels_all = [], [], []
             for logit, delta, anchor in zip(cls_logits, box_deltas, anchors):
-                # [A*K, H, W] -> [H, W, A*K] -> [H*W*A*K] in the anchor order, class fastest
-                scores = logit[i].permute(1, 2, 0).reshape(-1).sigmoid()
+                _, h, w = logit.shape[1:]
+                # Top-k of the raw logits first, then the threshold: the same set as threshold
+                # then top-k (sigmoid is monotonic) without a mask over all H*W*A*K scores.
+                flat = logit[i].reshape(-1)  # [A*K*H*W] in (a, k, y, x) order, no copy
+                top, idx = flat.topk(min(cfg.nms_pre, flat.numel()), sorted=False)
+                scores = top.sigmoid()
                 keep = scores > cfg.score_thr
-                scores = scores[keep]
-                idx = keep.nonzero().squeeze(1)
-                if scores.numel() > cfg.nms_pre:
-                    scores, top = scores.topk(cfg.nms_pre)
-                    idx = idx[top]
-                anchor_idx = idx // self.num_classes
-                labels = idx % self.num_classes + 1
-                d = delta[i].permute(1, 2, 0).reshape(-1, 4)[anchor_idx]  # [n, 4]
-                boxes_all.append(self.box_coder.decode(anchor[anchor_idx], d, max_shape=shape))
+                scores, idx = scores[keep], idx[keep]
+                channel, pixel = idx // (h * w), idx % (h * w)
+                a = channel // self.num_classes
+                labels = channel % self.num_classes + 1
+                d = delta[i].reshape(self.num_anchors, 4, h * w)[a, :, pixel]  # [n, 4]
+                # anchors are laid out (y, x, a)
+                boxes = self.box_coder.decode(anchor[pixel * self.num_anchors + a], d,
+                                              max_shape=shape)
+                boxes_all.append(boxes)
                 scores_all.append(scores)
                 labels_all.append(labels)
             boxes = torch.cat(boxes_all)

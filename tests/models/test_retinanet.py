@@ -228,6 +228,44 @@ def test_predict_contract():
         assert det["boxes"].min() >= 0
 
 
+def _reference_predict(head, cls_logits, box_deltas, shape):
+    """Threshold, then per-level top-k over (anchor, class) pairs in anchor order, then NMS."""
+    from torchvision.ops import batched_nms
+
+    cfg, k = head.test_cfg, head.num_classes
+    boxes, scores, labels = [], [], []
+    for logit, delta, anchor in zip(cls_logits, box_deltas, head.anchors(cls_logits)):
+        prob = logit[0].permute(1, 2, 0).reshape(-1, k).sigmoid()  # [H*W*A, K]
+        deltas = delta[0].permute(1, 2, 0).reshape(-1, 4)
+        cand = [(float(prob[j, c]), j, c) for j in range(prob.shape[0]) for c in range(k)
+                if prob[j, c] > cfg.score_thr]
+        cand = sorted(cand, reverse=True)[: cfg.nms_pre]
+        for p, j, c in cand:
+            boxes.append(head.box_coder.decode(anchor[j:j + 1], deltas[j:j + 1], shape)[0])
+            scores.append(p)
+            labels.append(c + 1)
+    boxes, scores = torch.stack(boxes), torch.tensor(scores)
+    labels = torch.tensor(labels)
+    keep = batched_nms(boxes, scores, labels, cfg.nms_iou)[: cfg.max_per_image]
+    return boxes[keep], scores[keep], labels[keep]
+
+
+def test_predict_matches_threshold_then_topk_reference():
+    torch.manual_seed(0)
+    head = _small_head(num_classes=3,
+                       test_cfg=RetinaTestConfig(nms_pre=40, score_thr=0.3, max_per_image=25))
+    cls = [torch.randn(1, 27, 8, 6), torch.randn(1, 27, 4, 3)]
+    reg = [torch.randn(1, 36, 8, 6) * 0.3, torch.randn(1, 36, 4, 3) * 0.3]
+    head.anchor_generator = AnchorGenerator(strides=[8, 16], ratios=(0.5, 1.0, 2.0),
+                                            scales=(4.0, 5.0, 6.0))
+    det = head.predict(cls, reg, [(60, 44)])[0]
+    boxes, scores, labels = _reference_predict(head, cls, reg, (60, 44))
+    assert det["boxes"].shape[0] == 25
+    torch.testing.assert_close(det["scores"], scores)
+    torch.testing.assert_close(det["labels"], labels)
+    torch.testing.assert_close(det["boxes"], boxes)
+
+
 def test_predict_decodes_a_confident_anchor():
     gen = AnchorGenerator(strides=[8], ratios=[1.0], scales=[2.0])
     head = _small_head(2, anchor_generator=gen)
