@@ -18,10 +18,11 @@ Detection-specific behaviour follows mmdet's ``ResNet``:
 
 The forward returns the C2..C5 maps of the backbone contract::
 
-    {"c2": [B, 4e*w, H/4, W/4], "c3": [B, 8e*w, H/8, W/8],
-     "c4": [B, 16e*w, H/16, W/16], "c5": [B, 32e*w, H/32, W/32]}
+    {"c2": [B, e*w, H/4, W/4], "c3": [B, 2e*w, H/8, W/8],
+     "c4": [B, 4e*w, H/16, W/16], "c5": [B, 8e*w, H/32, W/32]}
 
-with ``w`` the base width (64) and ``e`` the block expansion (4 for bottlenecks).
+with ``w`` the base width (64) and ``e`` the block expansion (4 for bottlenecks), i.e.
+256/512/1024/2048 channels for ResNet-50; sizes are rounded up (``ceil``) at each stride-2 step.
 """
 
 from __future__ import annotations
