@@ -4,8 +4,10 @@ Times forward and forward+backward of ``torch.ops.glimpse.carafe`` and of
 :func:`glimpse.ops.carafe_ref` in the same run, at the FPN shapes of a 1333x800 image (P5->P4
 and P4->P3 sized maps, kernel 5, one group, scale 2: mmdet's FPN_CARAFE), with 1 and 2 threads.
 Next to each time it reports the achieved GFLOP/s and GB/s and the machine's floor for the op,
-max(bytes / copy bandwidth, FLOPs / matmul throughput), both measured in the same run with the
-same thread count. Peak memory of one forward+backward is measured in a fresh process per
+max(bytes / clone bandwidth, FLOPs / matmul throughput), both measured in the same run with the
+same thread count (clone: a 256 MB tensor copied into a fresh allocation, as an op writes its
+new output; on CPU the page faults of a fresh allocation cost about as much as the copy, which
+``THP_MEM_ALLOC_ENABLE=1`` reduces for every op alike). Peak memory of one forward+backward is measured in a fresh process per
 implementation (CPU: growth of the resident-set high-water mark; CUDA: the caching allocator's
 peak). The machines are shared and noisy: only same-run ratios mean anything.
 """
@@ -35,27 +37,34 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+_CLOCK = time.perf_counter
+
+
 def _median_seconds(fn: Callable[[], object], repeats: int, device: str) -> float:
-    fn()  # warm-up: allocator, page faults, lazy initialisation
+    fn()  # warm-up: allocator, lazy initialisation
     _sync(device)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = _CLOCK()
         fn()
         _sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(_CLOCK() - start)
     return statistics.median(times)
 
 
-def _machine_floor(device: str, repeats: int) -> tuple[float, float]:
-    """(copy GB/s counting bytes read + written, float32 matmul GFLOP/s) on ``device``."""
+def _machine_floor(device: str, repeats: int) -> tuple[float, float, float]:
+    """(clone GB/s, copy GB/s, float32 matmul GFLOP/s) on ``device``; GB/s count bytes read +
+    written. ``clone`` writes a freshly allocated tensor, as every op writes its new output: on
+    CPU that includes the kernel's first-touch page faults, which cost as much as the copy."""
     src = torch.empty(64 * 2**20, device=device).uniform_()  # 256 MB, far beyond any cache
     dst = torch.empty_like(src)
+    nbytes = 2 * src.numel() * 4
+    clone_s = _median_seconds(src.clone, repeats, device)
     copy_s = _median_seconds(lambda: dst.copy_(src), repeats, device)
     a = torch.randn(2048, 2048, device=device)
     b = torch.randn(2048, 2048, device=device)
     mm_s = _median_seconds(lambda: a @ b, repeats, device)
-    return 2 * src.numel() * 4 / copy_s / 1e9, 2 * 2048**3 / mm_s / 1e9
+    return nbytes / clone_s / 1e9, nbytes / copy_s / 1e9, 2 * 2048**3 / mm_s / 1e9
 
 
 def _inputs(shape, device: str, dtype=torch.float32):
@@ -142,7 +151,8 @@ def run(shapes, threads: list[int], repeats: int, device: str = "cpu",
     rows, machine = [], {"device": device, "torch": torch.__version__}
     for nthreads in threads:
         torch.set_num_threads(nthreads)
-        copy_gbps, mm_gflops = _machine_floor(device, repeats)
+        clone_gbps, copy_gbps, mm_gflops = _machine_floor(device, repeats)
+        machine[f"clone_GBps_{nthreads}t"] = round(clone_gbps, 2)
         machine[f"copy_GBps_{nthreads}t"] = round(copy_gbps, 2)
         machine[f"matmul_GFLOPs_{nthreads}t"] = round(mm_gflops, 1)
         for shape in shapes:
@@ -166,7 +176,7 @@ def run(shapes, threads: list[int], repeats: int, device: str = "cpu",
             for (name, mode), seconds in times.items():
                 flops = fwd_flops if mode == "forward" else fwd_flops + bwd_flops
                 nbytes = fwd_bytes if mode == "forward" else fwd_bytes + bwd_bytes
-                floor = max(nbytes / (copy_gbps * 1e9), flops / (mm_gflops * 1e9))
+                floor = max(nbytes / (clone_gbps * 1e9), flops / (mm_gflops * 1e9))
                 ref = times["reference", mode]
                 rows.append({
                     "shape": "x".join(map(str, shape)),
@@ -198,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="wall: elapsed time; cpu: this process's CPU time (steadier on a "
+                        "shared machine, but it sums the threads: use with --threads 1)")
     parser.add_argument("--no-write", action="store_true",
                         help="print the table only; do not write results/bench/carafe.*")
     args = parser.parse_args(argv)
@@ -205,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench carafe: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
     threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    global _CLOCK
+    _CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     shapes = QUICK_SHAPES if args.quick else FPN_SHAPES
     table, machine = run(shapes, threads, args.repeats, args.device, not args.no_memory)
     from glimpse.ops import kernel_status
@@ -220,6 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write and not args.quick:
         from glimpse.report import write_bench
 
-        machine["quick"] = args.quick
+        machine["clock"] = args.clock
         print(f"wrote {write_bench('carafe', table, machine=machine)}")
     return 0

@@ -9,7 +9,7 @@ def test_quick_bench_runs(capsys):
     assert bench.main(["--quick", "--threads", "1", "--repeats", "1", "--no-memory",
                        "--no-write"]) == 0
     out = capsys.readouterr().out
-    assert "reference" in out and "forward+backward" in out and "copy_GBps_1t" in out
+    assert "reference" in out and "forward+backward" in out and "clone_GBps_1t" in out
 
 
 def test_cost_model_counts_flops_like_the_flop_formula():

@@ -271,6 +271,15 @@ def test_empty_inputs(fn, n, h, w):
 
 
 @pytest.mark.parametrize("fn", [carafe, carafe_ref])
+def test_no_channels(fn):
+    features, masks = random_inputs(1, 0, 3, 4, 3, 2, 2, grad=True)
+    out = fn(features, masks, 3, 2, 2)
+    assert out.shape == (1, 0, 6, 8)
+    out.sum().backward()
+    assert torch.count_nonzero(masks.grad) == 0
+
+
+@pytest.mark.parametrize("fn", [carafe, carafe_ref])
 def test_channels_last_and_non_contiguous(fn):
     features, masks = random_inputs(2, 8, 5, 6, 3, 2, 2, dtype=torch.float64)
     expected = fn(features, masks, 3, 2, 2)

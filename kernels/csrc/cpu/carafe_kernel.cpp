@@ -1,13 +1,15 @@
 // CARAFE forward and backward on CPU.
 //
-// The work unit is one (image n, group g, source row y0). For every channel of the group the k
-// source rows around y0 are copied once into a zero-padded, horizontally nearest-upsampled buffer
-//   fup[ky][j] = features[c, y0 + ky - r, j / s - r]   (0 outside the map),
-// so that output pixel X of row Y = s*y0 + sy reads tap (ky, kx) at fup[ky][X + s*kx]. Every inner
-// loop is then a contiguous multiply-add over X that the compiler vectorises, borders need no
-// branches, and the unit's k*k mask rows stay in cache while all channels of the group reuse them.
-// The feature gradient uses the same trick backwards (scatter into a padded row, then fold the s
-// sub-columns), organised per source row so that threads never write the same memory.
+// The work unit is one (image n, group g, block of kRows source rows). For every channel of the
+// group the source rows the block reads are copied once into zero-padded, horizontally
+// nearest-upsampled rows
+//   fup[y][j] = features[c, y, j / s - r]   (0 outside the map),
+// so that output pixel X of row Y = s*y0 + sy reads tap (ky, kx) at fup[y0 + ky - r][X + s*kx].
+// Every inner loop is then a contiguous multiply-add over X that the compiler vectorises, borders
+// need no branches, kChannels channels share each mask load, and the unit's mask rows stay in
+// cache while all channels of the group reuse them. The feature gradient uses the same trick
+// backwards (scatter into a padded row, then fold the s sub-columns), organised per source row so
+// that threads never write the same memory.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -66,13 +68,18 @@ template <typename T>
 constexpr int64_t kBlock = 128 / static_cast<int64_t>(sizeof(T));
 constexpr int64_t kChannels = 4;
 
-// fup (k rows of length Lp) <- zero-padded, horizontally s-times repeated rows y0-r .. y0+r.
+// Source rows per work unit: the rows around them are copied once for all of the unit's rows.
+constexpr int64_t kRows = 4;
+
+// buf (rows of length Lp) <- zero-padded, horizontally s-times repeated source rows
+// y_first .. y_first + nrows - 1 (rows outside the map are zeros).
 template <typename T>
-GLIMPSE_ALWAYS_INLINE void build_upsampled_rows(const T* __restrict__ plane, int64_t y0,
-                                                const Geometry& g, T* __restrict__ fup) {
-  for (int64_t ky = 0; ky < g.k; ++ky) {
-    T* row = fup + ky * g.Lp;
-    const int64_t yy = y0 + ky - g.r;
+GLIMPSE_ALWAYS_INLINE void build_upsampled_rows(const T* __restrict__ plane, int64_t y_first,
+                                                int64_t nrows, const Geometry& g,
+                                                T* __restrict__ buf) {
+  for (int64_t i = 0; i < nrows; ++i) {
+    T* row = buf + i * g.Lp;
+    const int64_t yy = y_first + i;
     if (yy < 0 || yy >= g.H) {
       std::fill(row, row + g.Lp, T(0));
       continue;
@@ -85,8 +92,9 @@ GLIMPSE_ALWAYS_INLINE void build_upsampled_rows(const T* __restrict__ plane, int
       std::memcpy(dst, src, sizeof(T) * g.W);
     } else if (g.s == 2) {
       for (int64_t x = 0; x < g.W; ++x) {
-        dst[2 * x] = src[x];
-        dst[2 * x + 1] = src[x];
+        const T v = src[x];
+        dst[2 * x] = v;
+        dst[2 * x + 1] = v;
       }
     } else {
       for (int64_t x = 0; x < g.W; ++x) {
@@ -145,33 +153,43 @@ GLIMPSE_ALWAYS_INLINE void reassemble_rows(const T* mask_row, int64_t hw, const 
   }
 }
 
+// Number of row blocks of one (image, group) plane, and the rows [ya, yb) of block b.
+inline int64_t row_blocks(const Geometry& g) { return (g.H + kRows - 1) / kRows; }
+
 template <typename T>
 GLIMPSE_ALWAYS_INLINE void forward_units(const T* feat, const T* mask, T* out, const Geometry& g,
                                          int64_t begin, int64_t end, T* fup) {
   const int64_t hw = g.Ho * g.Wo;
-  const int64_t fstride = g.k * g.Lp;
+  const int64_t nb = row_blocks(g);
   for (int64_t u = begin; u < end; ++u) {
-    const int64_t y0 = u % g.H;
-    const int64_t gi = (u / g.H) % g.G;
-    const int64_t n = u / (g.H * g.G);
+    const int64_t ya = (u % nb) * kRows, yb = std::min(g.H, ya + kRows);
+    const int64_t gi = (u / nb) % g.G;
+    const int64_t n = u / (nb * g.G);
+    const int64_t nrows = yb - ya + 2 * g.r;
+    const int64_t fstride = nrows * g.Lp;
     const T* fb = feat + (n * g.C + gi * g.Cg) * g.H * g.W;
     const T* mb = mask + (n * g.G + gi) * g.k2 * hw;
     T* ob = out + (n * g.C + gi * g.Cg) * hw;
     int64_t c = 0;
-    for (; c + kChannels <= g.Cg; c += kChannels) {
-      for (int64_t cb = 0; cb < kChannels; ++cb) {
-        build_upsampled_rows(fb + (c + cb) * g.H * g.W, y0, g, fup + cb * fstride);
+    for (; c < g.Cg; c += kChannels) {
+      const int64_t cn = std::min(kChannels, g.Cg - c);
+      for (int64_t cb = 0; cb < cn; ++cb) {
+        build_upsampled_rows(fb + (c + cb) * g.H * g.W, ya - g.r, nrows, g, fup + cb * fstride);
       }
-      for (int64_t sy = 0; sy < g.s; ++sy) {
-        const int64_t y = y0 * g.s + sy;
-        reassemble_rows<T, kChannels>(mb + y * g.Wo, hw, fup, fstride, g, ob + c * hw + y * g.Wo);
-      }
-    }
-    for (; c < g.Cg; ++c) {
-      build_upsampled_rows(fb + c * g.H * g.W, y0, g, fup);
-      for (int64_t sy = 0; sy < g.s; ++sy) {
-        const int64_t y = y0 * g.s + sy;
-        reassemble_rows<T, 1>(mb + y * g.Wo, hw, fup, fstride, g, ob + c * hw + y * g.Wo);
+      for (int64_t y0 = ya; y0 < yb; ++y0) {
+        const T* rows = fup + (y0 - ya) * g.Lp;
+        for (int64_t sy = 0; sy < g.s; ++sy) {
+          const int64_t y = y0 * g.s + sy;
+          if (cn == kChannels) {
+            reassemble_rows<T, kChannels>(mb + y * g.Wo, hw, rows, fstride, g,
+                                          ob + c * hw + y * g.Wo);
+          } else {
+            for (int64_t cb = 0; cb < cn; ++cb) {
+              reassemble_rows<T, 1>(mb + y * g.Wo, hw, rows + cb * fstride, fstride, g,
+                                    ob + (c + cb) * hw + y * g.Wo);
+            }
+          }
+        }
       }
     }
   }
@@ -206,42 +224,50 @@ GLIMPSE_ALWAYS_INLINE void mask_grad_row(const T* __restrict__ d /* CB rows, hw 
   }
 }
 
-// dmask[t][Y][X] = sum_{c in group} dout[c][Y][X] * fup_c[ky][X + s*kx], for the s rows of y0.
+// dmask[t][Y][X] = sum_{c in group} dout[c][Y][X] * fup_c[ky][X + s*kx], for the rows of one
+// row block, accumulated over the group's channels in acc.
 template <typename T>
 GLIMPSE_ALWAYS_INLINE void mask_grad_units(const T* feat, const T* dout, T* dmask,
                                            const Geometry& g, int64_t begin, int64_t end, T* fup,
-                                           T* acc /* s * k2 * Wo */) {
+                                           T* acc /* kRows * s * k2 * Wo */) {
   const int64_t hw = g.Ho * g.Wo;
-  const int64_t fstride = g.k * g.Lp;
+  const int64_t nb = row_blocks(g);
+  const int64_t row_acc = g.k2 * g.Wo;  // accumulator of one output row
   for (int64_t u = begin; u < end; ++u) {
-    const int64_t y0 = u % g.H;
-    const int64_t gi = (u / g.H) % g.G;
-    const int64_t n = u / (g.H * g.G);
+    const int64_t ya = (u % nb) * kRows, yb = std::min(g.H, ya + kRows);
+    const int64_t gi = (u / nb) % g.G;
+    const int64_t n = u / (nb * g.G);
+    const int64_t nrows = yb - ya + 2 * g.r;
+    const int64_t fstride = nrows * g.Lp;
     const T* fb = feat + (n * g.C + gi * g.Cg) * g.H * g.W;
     const T* db = dout + (n * g.C + gi * g.Cg) * hw;
-    std::fill(acc, acc + g.s * g.k2 * g.Wo, T(0));
-    int64_t c = 0;
-    for (; c + kChannels <= g.Cg; c += kChannels) {
-      for (int64_t cb = 0; cb < kChannels; ++cb) {
-        build_upsampled_rows(fb + (c + cb) * g.H * g.W, y0, g, fup + cb * fstride);
+    std::fill(acc, acc + (yb - ya) * g.s * row_acc, T(0));
+    for (int64_t c = 0; c < g.Cg; c += kChannels) {
+      const int64_t cn = std::min(kChannels, g.Cg - c);
+      for (int64_t cb = 0; cb < cn; ++cb) {
+        build_upsampled_rows(fb + (c + cb) * g.H * g.W, ya - g.r, nrows, g, fup + cb * fstride);
       }
-      for (int64_t sy = 0; sy < g.s; ++sy) {
-        mask_grad_row<T, kChannels>(db + c * hw + (y0 * g.s + sy) * g.Wo, hw, fup, fstride, g,
-                                    acc + sy * g.k2 * g.Wo);
-      }
-    }
-    for (; c < g.Cg; ++c) {
-      build_upsampled_rows(fb + c * g.H * g.W, y0, g, fup);
-      for (int64_t sy = 0; sy < g.s; ++sy) {
-        mask_grad_row<T, 1>(db + c * hw + (y0 * g.s + sy) * g.Wo, hw, fup, fstride, g,
-                            acc + sy * g.k2 * g.Wo);
+      for (int64_t y0 = ya; y0 < yb; ++y0) {
+        const T* rows = fup + (y0 - ya) * g.Lp;
+        for (int64_t sy = 0; sy < g.s; ++sy) {
+          const int64_t y = y0 * g.s + sy;
+          T* arow = acc + ((y0 - ya) * g.s + sy) * row_acc;
+          if (cn == kChannels) {
+            mask_grad_row<T, kChannels>(db + c * hw + y * g.Wo, hw, rows, fstride, g, arow);
+          } else {
+            for (int64_t cb = 0; cb < cn; ++cb) {
+              mask_grad_row<T, 1>(db + (c + cb) * hw + y * g.Wo, hw, rows + cb * fstride,
+                                  fstride, g, arow);
+            }
+          }
+        }
       }
     }
     T* mb = dmask + (n * g.G + gi) * g.k2 * hw;
-    for (int64_t sy = 0; sy < g.s; ++sy) {
-      const int64_t y = y0 * g.s + sy;
+    for (int64_t y = ya * g.s; y < yb * g.s; ++y) {
       for (int64_t t = 0; t < g.k2; ++t) {
-        std::memcpy(mb + t * hw + y * g.Wo, acc + (sy * g.k2 + t) * g.Wo, sizeof(T) * g.Wo);
+        std::memcpy(mb + t * hw + y * g.Wo, acc + (y - ya * g.s) * row_acc + t * g.Wo,
+                    sizeof(T) * g.Wo);
       }
     }
   }
@@ -382,9 +408,10 @@ inline void feature_grad_dispatch(const double* m, const double* d, double* df, 
   feature_grad_f64(m, d, df, g, b, e, buf);
 }
 
-// Units per parallel task: about GRAIN_SIZE multiply-adds, so tiny inputs stay on one thread.
-int64_t grain_for(const Geometry& g) {
-  const int64_t per_unit = std::max<int64_t>(1, g.Cg * g.s * g.Wo * g.k2);
+// Units (of `rows` source rows) per parallel task: about GRAIN_SIZE multiply-adds, so that tiny
+// inputs stay on one thread.
+int64_t grain_for(const Geometry& g, int64_t rows) {
+  const int64_t per_unit = std::max<int64_t>(1, rows * g.Cg * g.s * g.Wo * g.k2);
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / per_unit);
 }
 
@@ -400,8 +427,8 @@ at::Tensor carafe_forward_cpu(const at::Tensor& features, const at::Tensor& mask
     const scalar_t* f = feat.const_data_ptr<scalar_t>();
     const scalar_t* m = mask.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, g.N * g.G * g.H, grain_for(g), [&](int64_t b, int64_t e) {
-      std::vector<scalar_t> fup(kChannels * g.k * g.Lp);
+    at::parallel_for(0, g.N * g.G * row_blocks(g), grain_for(g, kRows), [&](int64_t b, int64_t e) {
+      std::vector<scalar_t> fup(kChannels * (kRows + 2 * g.r) * g.Lp);
       forward_dispatch(f, m, o, g, b, e, fup.data());
     });
   });
@@ -417,9 +444,10 @@ std::tuple<at::Tensor, at::Tensor> carafe_backward_cpu(
   const auto mask = masks.contiguous();
   const auto dout = grad_output.contiguous();
   const Geometry g = make_geometry(feat, kernel_size, group_size, scale_factor);
-  auto dfeat = at::zeros(feat.sizes(), feat.options());
-  auto dmask = at::zeros(mask.sizes(), mask.options());
-  if (dout.numel() == 0) return {dfeat, dmask};
+  // Every element of both gradients is written below, so they need no zero fill.
+  auto dfeat = at::empty(feat.sizes(), feat.options());
+  auto dmask = at::empty(mask.sizes(), mask.options());
+  if (dout.numel() == 0) return {dfeat.zero_(), dmask.zero_()};  // e.g. C = 0: dmask is 0
   AT_DISPATCH_FLOATING_TYPES(feat.scalar_type(), "glimpse::carafe_backward (CPU)", [&] {
     const scalar_t* f = feat.const_data_ptr<scalar_t>();
     const scalar_t* m = mask.const_data_ptr<scalar_t>();
@@ -427,12 +455,12 @@ std::tuple<at::Tensor, at::Tensor> carafe_backward_cpu(
     scalar_t* df = dfeat.mutable_data_ptr<scalar_t>();
     scalar_t* dm = dmask.mutable_data_ptr<scalar_t>();
     const int64_t units = g.N * g.G * g.H;
-    at::parallel_for(0, units, grain_for(g), [&](int64_t b, int64_t e) {
-      std::vector<scalar_t> fup(kChannels * g.k * g.Lp);
-      std::vector<scalar_t> acc(g.s * g.k2 * g.Wo);
+    at::parallel_for(0, g.N * g.G * row_blocks(g), grain_for(g, kRows), [&](int64_t b, int64_t e) {
+      std::vector<scalar_t> fup(kChannels * (kRows + 2 * g.r) * g.Lp);
+      std::vector<scalar_t> acc(kRows * g.s * g.k2 * g.Wo);
       mask_grad_dispatch(f, d, dm, g, b, e, fup.data(), acc.data());
     });
-    at::parallel_for(0, units, grain_for(g), [&](int64_t b, int64_t e) {
+    at::parallel_for(0, units, grain_for(g, 1), [&](int64_t b, int64_t e) {
       std::vector<scalar_t> row(kChannels * g.Lp);
       feature_grad_dispatch(m, d, df, g, b, e, row.data());
     });
