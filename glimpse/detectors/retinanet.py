@@ -12,6 +12,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from glimpse.assign import AnchorGenerator
 from glimpse.detectors.preprocess import DetectionPreprocessor
 from glimpse.heads.retina import RetinaHead, RetinaTestConfig
 from glimpse.necks.fpn import FPN
@@ -83,6 +84,7 @@ def retinanet(
     test_cfg: RetinaTestConfig = RetinaTestConfig(),
     loss_weights: dict[str, float] | None = None,
     tower_init: Literal["normal", "kaiming"] = "normal",
+    anchor_generator: AnchorGenerator | None = None,
 ) -> RetinaNet:
     """RetinaNet with mmdet v2's defaults on any backbone of the C2..C5 contract.
 
@@ -101,6 +103,9 @@ def retinanet(
         loss_weights: multipliers per loss key.
         tower_init: head tower init, ``"normal"`` (mmdet) or ``"kaiming"`` (narrow heads
             trained from scratch; see :class:`~glimpse.heads.retina.RetinaHead`).
+        anchor_generator: anchors on P3..P7; default
+            :func:`~glimpse.heads.retina.retina_anchor_generator` (32 to 813 px). Small
+            inputs with small objects may want a smaller ``octave_base_scale``.
     """
     in_channels = list(backbone.out_channels.values())
     neck = FPN(
@@ -119,6 +124,7 @@ def retinanet(
         test_cfg=test_cfg,
         loss_weights=loss_weights,
         tower_init=tower_init,
+        anchor_generator=anchor_generator,
     )
     preprocessor = DetectionPreprocessor(image_scale=image_scale, size_divisor=size_divisor)
     return RetinaNet(backbone, neck, head, preprocessor)
