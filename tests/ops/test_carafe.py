@@ -380,8 +380,7 @@ def test_cuda_sources_compile_and_link(tmp_path):
     )
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
     (library,) = (tmp_path / "lib" / "glimpse_kernels").glob("_C*.so")
-    undefined = subprocess.run(["ldd", "-r", str(library)], capture_output=True, text=True)
-    assert "undefined symbol" not in undefined.stdout + undefined.stderr
+    # load_library dlopens with RTLD_NOW, so every symbol (ATen, c10_cuda, cudart) must resolve.
     check = (
         "import torch, sys\n"
         f"torch.ops.load_library({str(library)!r})\n"
