@@ -36,7 +36,7 @@ __all__ = [
     "Lighting",
     "ImageClassifier",
     "train_transform",
-    "test_transform",
+    "eval_transform",
     "fishnet99_classifier",
     "fishnet150_classifier",
     "fishnet201_classifier",
@@ -94,7 +94,7 @@ def train_transform(size: int = 224, *, min_scale: float = 0.08, lighting: float
     ])
 
 
-def test_transform(size: int = 224, *, resize: int | None = None) -> Callable:
+def eval_transform(size: int = 224, *, resize: int | None = None) -> Callable:
     """Official test transform: resize the short side to ``resize`` (256 for 224, i.e.
     ``size / 0.875``), centre crop ``size``; PIL image -> f32[3, size, size] in [0, 1]."""
     resize = resize if resize is not None else round(size / 0.875)
