@@ -168,7 +168,7 @@ PROFILES: dict[str, FishNetExperiment] = {
         profile="cpu", cls_data="imagenette-mini", cls_image_size=64, cls_test_resize=73,
         cls_epochs=30, cls_batch_size=32, cls_lr_step_epochs=10,
         det_data=("synthetic-cpu", "coco128"), det_iters=150, det_batch_size=2,
-        det_image_scale=(192, 192), det_max_val_images=None, grad_image_size=96,
+        det_image_scale=(192, 192), det_max_val_images=100, grad_image_size=96,
         work_root="results/fishnet/runs/cpu"),
     # GPU, the official recipe on ImageNet (100 epochs, batch 256, lr 0.1, x0.1 every 30) and
     # the real Mask R-CNN builders on COCO (1x schedule, 1333x800).
