@@ -7,9 +7,10 @@ Next to each time it reports the achieved GFLOP/s and GB/s and the machine's flo
 max(bytes / clone bandwidth, FLOPs / matmul throughput), both measured in the same run with the
 same thread count (clone: a 256 MB tensor copied into a fresh allocation, as an op writes its
 new output; on CPU the page faults of a fresh allocation cost about as much as the copy, which
-``THP_MEM_ALLOC_ENABLE=1`` reduces for every op alike). Peak memory of one forward+backward is measured in a fresh process per
-implementation (CPU: growth of the resident-set high-water mark; CUDA: the caching allocator's
-peak). The machines are shared and noisy: only same-run ratios mean anything.
+``THP_MEM_ALLOC_ENABLE=1`` reduces for every op alike). Peak memory of one forward+backward is
+measured in a fresh process per implementation (CPU: growth of the resident-set high-water mark;
+CUDA: the caching allocator's peak). The machines are shared and noisy: only same-run ratios
+mean anything.
 """
 
 from __future__ import annotations

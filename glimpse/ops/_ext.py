@@ -33,7 +33,7 @@ def _load() -> tuple[object | None, str | None]:
         import glimpse_kernels
 
         from glimpse.ops import _registrations  # noqa: F401  (needs torch.ops.glimpse.*)
-    except (ImportError, OSError, RuntimeError) as exc:  # missing, stale or ABI-mismatched build
+    except (ImportError, OSError, RuntimeError, AttributeError) as exc:  # missing or stale build
         reason = f"{type(exc).__name__}: {exc}"
         if os.environ.get(WARN_ENV, "0") == "1":
             warnings.warn(f"glimpse_kernels unavailable, using reference ops ({reason})")

@@ -103,7 +103,8 @@ __global__ void carafe_mask_grad_kernel(const scalar_t* __restrict__ dout,
     acc_t acc = 0;
     if (y >= 0 && y < H && x >= 0 && x < W) {
       for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-        acc += acc_t(dout[((n * C + c) * Ho + Y) * Wo + X]) * acc_t(feat[((n * C + c) * H + y) * W + x]);
+        acc += acc_t(dout[((n * C + c) * Ho + Y) * Wo + X]) *
+               acc_t(feat[((n * C + c) * H + y) * W + x]);
       }
     }
     dmask[i] = scalar_t(acc);
