@@ -3,7 +3,10 @@
 Both sides get random weights (no downloads), the same input image, the same thread count and
 matched inference settings: 1000 RPN proposals, score threshold 0 (random weights score below
 the usual 0.05, which would skip post-processing on one side), NMS 0.5 and 100 detections per
-image. Runs are interleaved (glimpse, torchvision, torchvision, glimpse, ...) and the medians
+image. Random box-regression layers would turn anchors into arbitrarily stretched
+proposals whose RoIAlign cost depends on the seed (adaptive sampling grows with box size), so
+both sides start with zeroed regression layers: proposals are the anchors, which both models
+place alike, and the work per image is the same. Runs are interleaved (glimpse, torchvision, torchvision, glimpse, ...) and the medians
 are compared, because the machines are shared and noisy; only the same-run ratio counts.
 
 The training-step row compares one SGD step (forward, backward, update) of Faster R-CNN with
@@ -59,6 +62,30 @@ def _interleaved(case: BenchCase, repeats: int, warmup: int) -> tuple[float, flo
     return statistics.median(ours), statistics.median(theirs)
 
 
+# Box-regression layers (zeroed before timing, see the module docstring).
+_REGRESSION_LAYERS = (
+    "rpn_head.reg",  # glimpse two-stage
+    "head.retina_reg",  # glimpse RetinaNet
+    "rpn.head.bbox_pred",  # torchvision two-stage
+    "roi_heads.box_predictor.bbox_pred",
+    "head.regression_head.bbox_reg",  # torchvision RetinaNet
+)
+
+
+def _zero_box_regression(model: nn.Module) -> nn.Module:
+    """Zero every box-regression layer of ``model`` (RPN, R-CNN stages, RetinaNet)."""
+    names = [n for n, _ in model.named_modules()]
+    found = [n for n in names if n in _REGRESSION_LAYERS
+             or (n.startswith("roi_head.box_heads.") and n.endswith(".reg"))]
+    if not found:
+        raise RuntimeError(f"no box-regression layer found in {type(model).__name__}")
+    with torch.no_grad():
+        for name in found:
+            for p in model.get_submodule(name).parameters():
+                p.zero_()
+    return model
+
+
 def _eval_cases(names: Sequence[str], image: Tensor) -> list[BenchCase]:
     import torchvision.models.detection as tvd
     from torchvision.ops import MultiScaleRoIAlign
@@ -107,8 +134,8 @@ def _eval_cases(names: Sequence[str], image: Tensor) -> list[BenchCase]:
     for name in names:
         make_ours, make_theirs = builders[name]
         torch.manual_seed(0)
-        ours = make_ours().eval()
-        theirs = make_theirs().eval()
+        ours = _zero_box_regression(make_ours()).eval()
+        theirs = _zero_box_regression(make_theirs()).eval()
 
         def run_ours(model=ours):
             with torch.inference_mode():
@@ -139,14 +166,16 @@ def _train_case(image: Tensor, batch: int) -> BenchCase:
 
     torch.manual_seed(0)
     ours = zoo.build("faster_rcnn_r50_fpn", 80, image_scale=(max(h, w), min(h, w)),
-                     frozen_stages=-1, norm_eval=False).train()
+                     frozen_stages=-1, norm_eval=False)
+    ours = _zero_box_regression(ours).train()
     # glimpse (mmdet v2) trains the R-CNN on 2000 pre-NMS / 1000 post-NMS proposals
     theirs = tvd.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=81,
                                          min_size=min(h, w), max_size=max(h, w),
                                          rpn_pre_nms_top_n_train=2000,
                                          rpn_post_nms_top_n_train=1000,
                                          box_roi_pool=MultiScaleRoIAlign(
-                                             ["0", "1", "2", "3"], 7, sampling_ratio=0)).train()
+                                             ["0", "1", "2", "3"], 7, sampling_ratio=0))
+    theirs = _zero_box_regression(theirs).train()
     opt_ours = torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=1e-4)
     opt_theirs = torch.optim.SGD([p for p in theirs.parameters() if p.requires_grad], lr=1e-4)
 
