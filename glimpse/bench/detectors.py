@@ -1,13 +1,15 @@
 """``python -m glimpse bench detectors``: glimpse's detectors against torchvision's, same run.
 
 Both sides get random weights (no downloads), the same input image, the same thread count and
-matched inference settings: 1000 RPN proposals, score threshold 0 (random weights score below
+matched settings: 1000 RPN proposals, RoIAlign with adaptive sampling (mmdet v2's
+``sampling_ratio=0``, given to torchvision too), score threshold 0 (random weights score below
 the usual 0.05, which would skip post-processing on one side), NMS 0.5 and 100 detections per
-image. Random box-regression layers would turn anchors into arbitrarily stretched
-proposals whose RoIAlign cost depends on the seed (adaptive sampling grows with box size), so
-both sides start with zeroed regression layers: proposals are the anchors, which both models
-place alike, and the work per image is the same. Runs are interleaved (glimpse, torchvision, torchvision, glimpse, ...) and the medians
-are compared, because the machines are shared and noisy; only the same-run ratio counts.
+image, 80 foreground classes. Random box-regression layers would stretch anchors into
+arbitrary proposals whose RoIAlign cost depends on the seed (adaptive sampling grows with box
+size), so both sides start with zeroed regression layers: proposals are then the anchors,
+which both models place alike. Runs are interleaved (glimpse, torchvision, torchvision,
+glimpse, ...) and medians compared, because the machines are shared and noisy; only the
+same-run ratio counts.
 
 The training-step row compares one SGD step (forward, backward, update) of Faster R-CNN with
 every backbone layer trainable and BatchNorm in train mode on both sides (torchvision's
