@@ -167,7 +167,8 @@ def _to_csv(df: pd.DataFrame, float_digits: int | Mapping[str, int]) -> str:
 
 
 def table_to_markdown(df: pd.DataFrame, float_digits: int | Mapping[str, int] = 3) -> str:
-    """Render ``df`` (columns only, index ignored) as a GitHub Markdown table, numbers right-aligned.
+    """Render ``df`` (columns only, index ignored) as a GitHub Markdown table; numbers are
+    right-aligned.
 
     Written here so that glimpse needs no ``tabulate``; missing values render as empty cells.
     """
@@ -226,7 +227,8 @@ def compare(paper: pd.DataFrame, measured: pd.DataFrame, *, on: str | Sequence[s
     for name, df in (("paper", paper), ("measured", measured)):
         missing = [k for k in keys if k not in df.columns]
         if missing:
-            raise KeyError(f"{name} table has no key column(s) {missing}; columns: {list(df.columns)}")
+            raise KeyError(f"{name} table has no key column(s) {missing}; "
+                           f"columns: {list(df.columns)}")
     if values is None:
         values = [c for c in paper.columns if c in measured.columns and c not in keys
                   and c != "source"]
@@ -373,7 +375,8 @@ class Reporter:
         Args:
             name: file stem.
             df: the table; a named index becomes a column, an unnamed one is dropped.
-            float_digits: decimals for float columns (an int, or ``{column: digits, "*": default}``).
+            float_digits: decimals for float columns (an int, or
+                ``{column: digits, "*": default}``).
             sort_by: column(s) to sort rows by (stable); None keeps the given (deterministic) order.
         """
         _check_name(name)
@@ -523,7 +526,8 @@ def write_index(root: str | os.PathLike | None = None) -> Path:
                           key=lambda p: _profile_key(p.name))
         for prof in profiles:
             manifest = prof / "manifest.json"
-            mf = f"[manifest]({manifest.relative_to(root).as_posix()})" if manifest.is_file() else ""
+            mf = (f"[manifest]({manifest.relative_to(root).as_posix()})"
+                  if manifest.is_file() else "")
             for kind, folder, pattern in (("table", "tables", "*.csv"),
                                           ("figure", "figures", "*.png"),
                                           ("figure", "figures", "*.svg")):

@@ -21,7 +21,8 @@ from glimpse.report import Reporter  # noqa: E402
 
 
 def _table() -> pd.DataFrame:
-    return pd.DataFrame({"model": ["b", "a", "c"], "AP": [37.25, 1 / 3, np.nan], "iters": [1, 2, 3]})
+    return pd.DataFrame({"model": ["b", "a", "c"], "AP": [37.25, 1 / 3, np.nan],
+                         "iters": [1, 2, 3]})
 
 
 def _figure():
@@ -248,7 +249,8 @@ def test_write_index(tmp_path):
     assert text.endswith("\n") and "runs" not in text
     lines = text.splitlines()
     assert lines.index("## alpha") < lines.index("## demo") < lines.index("## bench")
-    assert "| figure | f | [alpha/smoke/figures/f.png](alpha/smoke/figures/f.png) | smoke |  |" in lines
+    f_png = "alpha/smoke/figures/f.png"
+    assert f"| figure | f | [{f_png}]({f_png}) | smoke |  |" in lines
     demo_rows = [ln for ln in lines if ln.startswith("| ") and "demo/" in ln]
     assert [r.split(" | ")[3] for r in demo_rows] == ["paper", "smoke", "full"]
     assert "[manifest](demo/smoke/manifest.json)" in demo_rows[1]
@@ -259,7 +261,8 @@ def test_write_index(tmp_path):
 
 def _papermill_like_notebook(path):
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
     nb.metadata["papermill"] = {"duration": 1.5, "start_time": "2026-01-01T00:00:00"}
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
     params = nbformat.v4.new_code_cell('profile = "smoke"', metadata={"tags": ["parameters"]})

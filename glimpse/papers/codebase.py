@@ -142,7 +142,8 @@ class CodebaseConfig:
         runs: the baselines.
         image_scale: detector input scale; ``None`` uses the dataset's default.
         eval_batch_size: images per inference batch.
-        work_dir: where checkpoints and training logs go (``""``: ``<repo>/work_dirs/codebase/<profile>``).
+        work_dir: where checkpoints and training logs go
+            (``""``: ``<repo>/work_dirs/codebase/<profile>``).
         deterministic: call ``torch.use_deterministic_algorithms(True)`` (CPU runs repeat bit
             for bit, so nbval can check the notebook).
         dry_run: only resolve and build (the ``full`` profile on a machine without its data).

@@ -2,8 +2,9 @@
 table and figure went.
 
 Notebooks are discovered by name, ``notebooks/NN_<paper>.ipynb``; each runs with the parameters
-``profile``, ``device``, ``data_root``, ``results_root`` and ``seed`` injected, from the repository
-root, and its executed copy lands in the git-ignored ``results/<paper>/runs/<NN_paper>_<profile>.ipynb``.
+``profile``, ``device``, ``data_root`` and ``seed`` (and ``results_root`` when given) injected,
+from the repository root, and its executed copy lands in the git-ignored
+``results/<paper>/runs/<NN_paper>_<profile>.ipynb``.
 A failing notebook does not stop the others; the command exits non-zero at the end and names
 every failure with the failing cell's error on one line.
 """
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _discover_from_argv(argv: list[str] | None) -> dict[str, Path]:
-    """Notebooks for ``--notebooks DIR`` when given in ``argv`` (needed before parsing, for help)."""
+    """Notebooks of ``--notebooks DIR`` when ``argv`` has it (needed before parsing, for help)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     for i, arg in enumerate(argv):
         if arg == "--notebooks" and i + 1 < len(argv):
