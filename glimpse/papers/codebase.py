@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from glimpse.papers import resolve_profile
 from glimpse.report import load_paper, repo_root
 
 __all__ = [
@@ -59,7 +60,6 @@ __all__ = [
     "paper_methods",
     "pick_example",
     "resolve",
-    "resolve_device",
     "run_baselines",
     "train_detector",
     "two_stage_internals",
@@ -232,17 +232,6 @@ PROFILES: dict[str, CodebaseConfig] = {
 }
 
 
-def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; anything else is checked."""
-    if device in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise ValueError(f"invalid device {device!r}: {exc}") from None
-    return device
-
-
 def resolve(profile: str, *, device: str = "auto", data_root: str = "", seed: int = 0,
             **overrides: Any) -> CodebaseConfig:
     """The configuration of ``profile`` with the notebook parameters applied.
@@ -258,16 +247,8 @@ def resolve(profile: str, *, device: str = "auto", data_root: str = "", seed: in
         ValueError: unknown profile or device.
         TypeError: unknown override.
     """
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    fields = {f.name for f in dataclasses.fields(CodebaseConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise TypeError(f"unknown CodebaseConfig field(s) {unknown}; valid: {sorted(fields)}")
-    runs = overrides.pop("runs", PROFILES[profile].runs)
-    return dataclasses.replace(PROFILES[profile], device=resolve_device(device),
-                               data_root=str(data_root or ""), seed=int(seed),
-                               runs=tuple(runs), **overrides)
+    return resolve_profile(PROFILES, profile, "codebase", device=device,
+                           data_root=str(data_root or ""), seed=int(seed), **overrides)
 
 
 def _work_dir(cfg: CodebaseConfig) -> Path:

@@ -42,6 +42,7 @@ from glimpse.classification import (
     train_transform,
 )
 from glimpse.data.imagenet import ImageFolderClassification, SyntheticClassification
+from glimpse.papers import resolve_profile
 
 __all__ = [
     "FishNetExperiment",
@@ -190,20 +191,7 @@ def resolve(profile: str = "smoke", **overrides: Any) -> FishNetExperiment:
     ``device="auto"`` (or "") becomes "cuda" when available, else "cpu"; ``data_root=None``
     becomes "". Papermill parameters pass straight through.
     """
-    if profile not in PROFILES:
-        raise ValueError(f"unknown FishNet profile {profile!r}; choose from {sorted(PROFILES)}")
-    fields = {f.name for f in dataclasses.fields(FishNetExperiment)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise TypeError(f"resolve(): unknown FishNetExperiment fields {unknown}")
-    if overrides.get("device") in ("auto", "", None):
-        overrides["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    if overrides.get("data_root", "") is None:
-        overrides["data_root"] = ""
-    for key, value in list(overrides.items()):  # JSON lists from papermill -> tuples
-        if isinstance(value, list):
-            overrides[key] = tuple(value)
-    return dataclasses.replace(PROFILES[profile], **overrides)
+    return resolve_profile(PROFILES, profile, "FishNet", **overrides)
 
 
 def _repo() -> Path:

@@ -26,7 +26,7 @@ def test_profiles_and_resolve():
     assert cfg.device == "cpu" and cfg.seed == 4 and cfg.cls_models == ("fishnet99",)
     with pytest.raises(TypeError, match="unknown.*not_a_field"):
         fishnet.resolve("smoke", not_a_field=1)
-    with pytest.raises(ValueError, match="unknown FishNet profile"):
+    with pytest.raises(ValueError, match="unknown profile .* for FishNet"):
         fishnet.resolve("huge")
     with pytest.raises(ValueError, match="multiple of 32"):
         fishnet.resolve("smoke", cls_image_size=48)
