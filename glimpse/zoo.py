@@ -48,6 +48,7 @@ __all__ = [
     "DETECTORS",
     "MODELS",
     "ModelSpec",
+    "base_lr",
     "build",
     "build_backbone",
     "describe",
@@ -141,12 +142,15 @@ class ModelSpec:
         backbone: key of :data:`BACKBONES`.
         defaults: detector-builder keyword defaults (overridden by :func:`build`'s kwargs).
         backbone_defaults: backbone keyword defaults.
+        base_lr: peak learning rate per 16 images (mmdet's linear scaling rule): 0.02 for the
+            two-stage families, 0.01 for RetinaNet (its mmdet config).
     """
 
     detector: str
     backbone: str
     defaults: dict[str, Any] = field(default_factory=dict)
     backbone_defaults: dict[str, Any] = field(default_factory=dict)
+    base_lr: float = 0.02
 
 
 # name -> spec: every detector family on every ResNet backbone.
@@ -171,13 +175,13 @@ MODELS: dict[str, ModelSpec] = {
     "rpn_x50_32x4d_fpn": ModelSpec("rpn", "x50_32x4d"),
     "rpn_x101_32x4d_fpn": ModelSpec("rpn", "x101_32x4d"),
     "rpn_slim_fpn": ModelSpec("rpn", "slim", SLIM_DEFAULTS),
-    "retinanet_r50_fpn": ModelSpec("retinanet", "r50"),
-    "retinanet_r101_fpn": ModelSpec("retinanet", "r101"),
-    "retinanet_x50_32x4d_fpn": ModelSpec("retinanet", "x50_32x4d"),
-    "retinanet_x101_32x4d_fpn": ModelSpec("retinanet", "x101_32x4d"),
+    "retinanet_r50_fpn": ModelSpec("retinanet", "r50", base_lr=0.01),
+    "retinanet_r101_fpn": ModelSpec("retinanet", "r101", base_lr=0.01),
+    "retinanet_x50_32x4d_fpn": ModelSpec("retinanet", "x50_32x4d", base_lr=0.01),
+    "retinanet_x101_32x4d_fpn": ModelSpec("retinanet", "x101_32x4d", base_lr=0.01),
     # from scratch, a 64-channel head learns only with Kaiming-initialised towers
     "retinanet_slim_fpn": ModelSpec(
-        "retinanet", "slim", {**SLIM_DEFAULTS, "tower_init": "kaiming"}
+        "retinanet", "slim", {**SLIM_DEFAULTS, "tower_init": "kaiming"}, base_lr=0.01
     ),
     "cascade_rcnn_r50_fpn": ModelSpec("cascade_rcnn", "r50"),
     "cascade_rcnn_r101_fpn": ModelSpec("cascade_rcnn", "r101"),
@@ -245,6 +249,11 @@ def _spec_of(name: str) -> ModelSpec:
         return MODELS[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(names())}") from None
+
+
+def base_lr(name: str) -> float:
+    """Peak learning rate per 16 images of zoo model ``name`` (see :class:`ModelSpec`)."""
+    return _spec_of(name).base_lr
 
 
 def build_backbone(name: str, **kwargs: Any) -> nn.Module:
