@@ -434,7 +434,8 @@ class _Trainer:
             raise CheckpointError(
                 f"no intact checkpoint to resume from in {self.work_dir}: {broken[0]}")
         if broken:
-            warnings.warn(f"{broken[0]}; resuming from {path} instead", stacklevel=3)
+            warnings.warn(f"resuming from {path}, the newest intact checkpoint; skipped "
+                          f"{'; '.join(broken)}", stacklevel=3)
         changed = sorted(
             k for k, v in dataclasses.asdict(self.cfg).items()
             if _jsonable(ckpt["config"].get(k)) != _jsonable(v)
