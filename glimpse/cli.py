@@ -34,8 +34,9 @@ from typing import NoReturn
 
 __all__ = ["CommandError", "build_parser", "main"]
 
-PROFILES = ("smoke", "cpu", "full")
-BENCH_DETECTOR_MODELS = ("faster_rcnn_r50_fpn", "mask_rcnn_r50_fpn", "retinanet_r50_fpn")
+# the profiles every paper defines (DESIGN.md: smoke, cpu, full)
+_PROFILES = ("smoke", "cpu", "full")
+_BENCH_DETECTOR_MODELS = ("faster_rcnn_r50_fpn", "mask_rcnn_r50_fpn", "retinanet_r50_fpn")
 
 
 class CommandError(Exception):
@@ -202,7 +203,7 @@ def _add_reproduce(sub) -> None:
                     "with its cell's error on one line.")
     p.add_argument("--paper", action="append", metavar="NAME",
                    help="paper to run (repeatable); default: every notebooks/NN_<paper>.ipynb")
-    p.add_argument("--profile", default="smoke", choices=PROFILES,
+    p.add_argument("--profile", default="smoke", choices=_PROFILES,
                    help="smoke: CPU minutes on synthetic data; cpu: tens of minutes, "
                         "synthetic + COCO128; full: the papers' data and schedules (GPUs)")
     p.add_argument("--data-root", default="", metavar="DIR",
@@ -295,8 +296,8 @@ def _add_bench(sub) -> None:
     d.add_argument("--repeats", type=int, default=5, help="timed runs per side (median)")
     d.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     d.add_argument("--quick", action="store_true", help="384x576 input instead of 800x1216")
-    d.add_argument("--models", nargs="+", default=list(BENCH_DETECTOR_MODELS),
-                   choices=BENCH_DETECTOR_MODELS)
+    d.add_argument("--models", nargs="+", default=list(_BENCH_DETECTOR_MODELS),
+                   choices=_BENCH_DETECTOR_MODELS)
     d.add_argument("--no-train", action="store_true", help="skip the training-step row")
     d.add_argument("--train-batch", type=int, default=1, help="images per training step")
     d.add_argument("--no-write", action="store_true", help="print only")

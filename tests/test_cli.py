@@ -11,6 +11,7 @@ import nbformat
 
 from glimpse.cli import main
 from glimpse.papers import reproduce
+from glimpse.report import PROFILE_ORDER
 
 COMMANDS = ("train", "evaluate", "test", "reproduce", "bench", "data", "clean-notebooks")
 
@@ -56,6 +57,7 @@ def test_reproduce_help(capsys):
     assert main(["reproduce", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--profile" in out and "--no-progress" in out
+    assert "{" + ",".join(PROFILE_ORDER) + "}" in out  # the reporter's profiles, in its order
 
 
 def test_bad_input_ends_with_one_line(tmp_path, capsys):

@@ -54,6 +54,9 @@ __all__ = [
     "lr_factor",
     "fit",
     "load_checkpoint",
+    "LOG_FILE",
+    "LAST_CHECKPOINT",
+    "CHECKPOINT_DIR",
 ]
 
 LOG_FILE = "log.jsonl"

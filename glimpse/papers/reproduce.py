@@ -22,10 +22,9 @@ from pathlib import Path
 
 from glimpse.report import repo_root
 
-__all__ = ["PROFILES", "NotebookRun", "artefacts", "base_dir", "discover", "run_notebook"]
+__all__ = ["NotebookRun", "artefacts", "base_dir", "discover", "run_notebook"]
 
 _NOTEBOOK_RE = re.compile(r"^(\d\d)_([a-z0-9_]+)\.ipynb$")
-PROFILES = ("smoke", "cpu", "full")
 
 
 @dataclass(frozen=True)
