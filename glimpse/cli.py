@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -456,8 +457,14 @@ def main(argv: list[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int] = args.run
     command = " ".join(x for x in (args.command, getattr(args, "bench", None),
                                    getattr(args, "tool", None)) if x)
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        # one line, as the errors: a user of the command line has no use for our source lines
+        print(f"glimpse {command}: warning: {_one_line(message)}", file=sys.stderr)
+
     try:
-        return int(run(args) or 0)
+        with warnings.catch_warnings():  # restores showwarning afterwards
+            warnings.showwarning = show_warning
+            return int(run(args) or 0)
     except CommandError as exc:
         print(f"glimpse {command}: error: {exc}", file=sys.stderr)
         return exc.status
@@ -468,5 +475,5 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: object) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__

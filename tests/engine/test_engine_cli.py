@@ -142,6 +142,13 @@ def test_train_end_to_end_on_synthetic_smoke(tmp_path, capsys):
     # resuming the finished run trains no further
     assert main(["train", *argv, "--resume", "--no-eval"]) == 0
     capsys.readouterr()
+    # a cut-short last.pt: resumed from the newest intact checkpoint, said on one line
+    (work / "last.pt").unlink()  # a hard link to iter_4.pt: cut a copy, keep iter_4.pt intact
+    (work / "last.pt").write_bytes((work / "checkpoints" / "iter_2.pt").read_bytes()[:100])
+    assert main(["train", *argv, "--resume", "--no-eval"]) == 0
+    warning = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
+    assert len(warning) == 1 and warning[0].startswith("glimpse train: warning: resuming from ")
+    assert "iter_4.pt" in warning[0] and "last.pt: not a readable checkpoint" in warning[0]
     # a run whose every checkpoint is cut short cannot resume: one line naming the problem
     for path in [work / "last.pt", *(work / "checkpoints").glob("*.pt")]:
         path.write_bytes(path.read_bytes()[:100])
