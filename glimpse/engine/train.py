@@ -14,7 +14,8 @@ What :func:`fit` does, in order:
   at 35 (mmdetection v1 ``faster_rcnn_r50_fpn_1x.py``), AMP on CUDA and gradient accumulation;
 - logs every named loss per iteration (``TrainResult.history`` and ``WORK_DIR/log.jsonl``);
 - writes atomic checkpoints to ``WORK_DIR/checkpoints/iter_<N>.pt`` and ``WORK_DIR/last.pt``
-  (rank 0 only), from which ``resume=True`` continues exactly;
+  (rank 0 only), from which ``resume=True`` continues exactly (from the newest intact
+  ``iter_<N>.pt`` when ``last.pt`` is truncated or corrupt);
 - stops with :class:`NonFiniteLossError` at the first non-finite loss, before it touches the
   weights, so the last checkpoint stays the last good one.
 """
