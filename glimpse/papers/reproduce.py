@@ -15,7 +15,9 @@ and over TCP ipykernel prints a warning about unencrypted transport at every sta
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,18 +87,24 @@ def run_notebook(paper: str, notebook: Path, *, profile: str, results_root: Path
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     error = None
+    # A socket path has at most 107 bytes: the sockets go to a short private folder, not
+    # next to the connection file in the (possibly deep) Jupyter runtime folder.
+    sockets = tempfile.TemporaryDirectory(prefix="glimpse-kernel-")
     try:
         papermill.execute_notebook(
             str(notebook), str(output), parameters=parameters, kernel_name="python3",
             cwd=str(cwd if cwd is not None else base_dir()),
             progress_bar={"desc": notebook.stem, "unit": "cell"} if progress else False,
             log_output=False, execution_timeout=None if timeout is None else int(timeout),
-            config=Config({"KernelManager": {"transport": "ipc"}}))
+            config=Config({"KernelManager": {"transport": "ipc",
+                                             "ip": os.path.join(sockets.name, "k")}}))
     except PapermillExecutionError as exc:
         first = next((ln for ln in str(exc.source).splitlines() if ln.strip()), "")
         error = _one_line(f"{exc.ename}: {exc.evalue} [in the cell starting {first[:60]!r}]")
     except Exception as exc:  # kernel death, timeouts, unreadable notebooks: report and go on
         error = _one_line(f"{type(exc).__name__}: {exc}")
+    finally:
+        sockets.cleanup()
     return NotebookRun(paper, notebook, output, time.perf_counter() - start, error)
 
 
