@@ -11,7 +11,7 @@ PROFILE ?= smoke
 PYTEST_ARGS ?=
 KERNEL_SOURCES := $(shell find kernels -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.py' -o -name '*.toml' 2>/dev/null)
 
-.PHONY: setup reproduce test test-slow bench clean-notebooks clean
+.PHONY: setup reproduce test test-slow lint-imports bench lab clean-notebooks clean
 
 setup: $(VENV)/.glimpse-setup
 
@@ -29,7 +29,11 @@ $(VENV)/.glimpse-setup: pyproject.toml $(KERNEL_SOURCES)
 reproduce: setup
 	$(PY) -m glimpse reproduce --profile $(PROFILE)
 
-test: setup
+# The layers of DESIGN.md (import-linter contracts in pyproject.toml); a broken one fails `test`.
+lint-imports: setup
+	$(VENV)/bin/lint-imports
+
+test: setup lint-imports
 	$(PY) -m pytest -m "not slow and not cuda" \
 	  --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	  --nbval-cell-timeout 900 tests notebooks $(PYTEST_ARGS)
@@ -40,6 +44,10 @@ test-slow: setup
 bench: setup
 	$(PY) -m glimpse bench carafe
 	$(PY) -m glimpse bench detectors
+
+# JupyterLab on notebooks/ with the venv's `python3` kernel (registered by `make setup`).
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 clean-notebooks: setup
 	$(PY) -m glimpse clean-notebooks notebooks/*.ipynb

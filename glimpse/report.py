@@ -19,7 +19,6 @@ Layout::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as _dt
 import importlib.util
@@ -30,7 +29,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,23 +36,22 @@ from typing import Any
 
 import pandas as pd
 
+from glimpse.io import atomic_write
+
 __all__ = [
     "Reporter",
-    "atomic_write",
     "clean_notebook",
-    "clean_notebooks_main",
+    "clean_notebook_file",
     "compare",
     "default_root",
+    "environment",
     "load_paper",
+    "PROFILE_ORDER",
     "repo_root",
     "table_to_markdown",
     "write_bench",
     "write_index",
 ]
-
-# mkstemp creates 0600 files; results should get the usual permissions (0666 minus umask).
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 # Subfolders of a paper folder that are not profiles.
 _NOT_PROFILES = ("paper", "runs")
@@ -62,7 +59,7 @@ PROFILE_ORDER = ("smoke", "cpu", "full")
 
 
 # --------------------------------------------------------------------------------------------
-# Locations and atomic writes
+# Locations
 # --------------------------------------------------------------------------------------------
 
 
@@ -84,32 +81,6 @@ def _resolve_root(root: str | os.PathLike | None) -> Path:
     if root is None or str(root) == "":
         return default_root()
     return Path(root)
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    A crash or an exception mid-write leaves the previous file untouched and no temporary file
-    behind. Text is encoded as UTF-8 with ``"\\n"`` line endings exactly as given.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -595,39 +566,22 @@ def clean_notebook(nb: Any, *, keep_injected: bool = False) -> Any:
     return nb
 
 
-def clean_notebooks_main(argv: list[str] | None = None) -> int:
-    """``python -m glimpse clean-notebooks NB.ipynb ...``: clean notebooks in place."""
+def clean_notebook_file(path: str | os.PathLike, *, keep_injected: bool = False) -> Path:
+    """Clean the notebook at ``path`` in place (:func:`clean_notebook`), atomically.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is not a readable notebook (the message names it).
+    """
     import nbformat
 
-    parser = argparse.ArgumentParser(
-        prog="python -m glimpse clean-notebooks",
-        description="Strip papermill metadata, execution counts and widget state (outputs kept).")
-    parser.add_argument("notebooks", nargs="+", type=Path)
-    parser.add_argument("--keep-injected", action="store_true",
-                        help="keep papermill's injected-parameters cells")
-    args = parser.parse_args(argv)
-    status = 0
-    for path in args.notebooks:
-        try:
-            nb = nbformat.read(path, as_version=4)
-        except FileNotFoundError:
-            print(f"clean-notebooks: {path}: no such file", file=sys.stderr)
-            status = 1
-            continue
-        except Exception as exc:  # nbformat raises several types for malformed JSON
-            print(f"clean-notebooks: {path}: not a readable notebook ({exc})", file=sys.stderr)
-            status = 1
-            continue
-        clean_notebook(nb, keep_injected=args.keep_injected)
-        text = nbformat.writes(nb)
-        atomic_write(path, text if text.endswith("\n") else text + "\n")
-        print(f"cleaned {path}")
-    return status
-
-
-if __name__ == "__main__":
-    _cmds = {"clean-notebooks": clean_notebooks_main}
-    if len(sys.argv) < 2 or sys.argv[1] not in _cmds:
-        print("usage: python -m glimpse.report clean-notebooks NB.ipynb ...", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(_cmds[sys.argv[1]](sys.argv[2:]))
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as exc:  # nbformat raises several types for malformed JSON
+        raise ValueError(f"{path}: not a readable notebook ({exc})") from exc
+    clean_notebook(nb, keep_injected=keep_injected)
+    text = nbformat.writes(nb)
+    return atomic_write(path, text if text.endswith("\n") else text + "\n")

@@ -17,6 +17,7 @@ from torch import Tensor
 __all__ = [
     "Target",
     "Detection",
+    "Segmentation",
     "box_xywh_to_xyxy",
     "box_xyxy_to_xywh",
     "box_area",
@@ -61,6 +62,21 @@ class Detection(TypedDict, total=False):
     labels: Tensor
     scores: Tensor
     masks: Tensor
+
+
+class Segmentation(TypedDict, total=False):
+    """What a segmentor returns in eval mode for one image, in that image's pixel frame.
+
+    Keys:
+        sem_seg: float32[C, H, W] per-class logits (C classes, un-normalised scores at the full
+            resolution of the image given to the model); ``argmax(0)`` gives the labels.
+        labels: int64[H, W] predicted class per pixel in 0..C-1, i.e. ``sem_seg.argmax(0)``
+            (optional: what :class:`~glimpse.engine.metrics.SegmentationMeter` consumes; derive
+            it from ``sem_seg`` when absent).
+    """
+
+    sem_seg: Tensor
+    labels: Tensor
 
 
 def box_xywh_to_xyxy(boxes: Tensor) -> Tensor:

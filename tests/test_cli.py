@@ -1,4 +1,5 @@
-"""Top-level CLI: help, unknown commands, bench usage, and `reproduce` over throw-away notebooks."""
+"""Top-level CLI: help, unknown commands, bench usage, `reproduce` over throw-away notebooks
+(progress shown, no kernel transport warning), one-line errors."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import subprocess
 import sys
 
 import nbformat
-import pytest
 
-from glimpse.__main__ import COMMANDS, main
+from glimpse.cli import main
 from glimpse.papers import reproduce
+from glimpse.report import PROFILE_ORDER
+
+COMMANDS = ("train", "evaluate", "test", "reproduce", "bench", "data", "clean-notebooks")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -26,10 +29,10 @@ def test_help_lists_every_command():
     assert main([]) == 0
 
 
-def test_unknown_command_is_an_error(capsys):
+def test_unknown_command_is_a_one_line_error(capsys):
     proc = _run("frobnicate")
     assert proc.returncode == 2
-    assert "unknown command 'frobnicate'" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "invalid choice: 'frobnicate'" in proc.stderr
     assert main(["frobnicate"]) == 2
 
 
@@ -37,19 +40,35 @@ def test_bench_usage(capsys):
     assert main(["bench"]) == 0
     assert "usage: python -m glimpse bench" in capsys.readouterr().out
     assert main(["bench", "nope"]) == 2
-    assert "usage" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nope'" in err and err.count("\n") == 1
+    assert main(["bench", "detectors", "--repeats", "0"]) == 2
+    assert capsys.readouterr().err == ("glimpse bench detectors: error: --repeats and --threads "
+                                       "must be >= 1\n")
 
 
 def test_reproduce_unknown_paper(capsys, tmp_path):
-    assert reproduce.main(["--paper", "nope", "--notebooks", str(tmp_path)]) == 2
-    assert "unknown paper" in capsys.readouterr().err
+    assert main(["reproduce", "--paper", "nope", "--notebooks", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("glimpse reproduce: error: unknown paper") and err.count("\n") == 1
 
 
 def test_reproduce_help(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["reproduce", "--help"])
-    assert exc.value.code == 0
-    assert "--profile" in capsys.readouterr().out
+    assert main(["reproduce", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--profile" in out and "--no-progress" in out
+    assert "{" + ",".join(PROFILE_ORDER) + "}" in out  # the reporter's profiles, in its order
+
+
+def test_bad_input_ends_with_one_line(tmp_path, capsys):
+    ann = tmp_path / "ann.json"
+    ann.write_text("{not json")
+    assert main(["data", "check", "--image-dir", str(tmp_path), "--ann", str(ann)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("glimpse data check: error: ") and "ann.json" in err
+    assert err.count("\n") == 1
+    assert main(["train", "faster_rcnn_slim_fpn", "--data", "synthetic-smoke"]) == 2
+    assert "--work-dir" in capsys.readouterr().err
 
 
 def _notebook(path, body: str) -> None:
@@ -79,10 +98,11 @@ def test_reproduce_runs_all_and_reports_failures(tmp_path, capsys):
               'rep.table("t", pd.DataFrame({"a": [seed]}))\nrep.finalize()')
     _notebook(nbs / "01_bad.ipynb", 'raise ValueError("broken on purpose")')
     results = tmp_path / "results"
-    rc = reproduce.main(["--notebooks", str(nbs), "--results-root", str(results),
-                         "--seed", "7", "--timeout", "120"])
+    rc = main(["reproduce", "--notebooks", str(nbs), "--results-root", str(results),
+               "--seed", "7", "--timeout", "120"])
     out, err = capsys.readouterr()
     assert rc == 1
+    assert "== [1/2] 00_good.ipynb" in out and "== [2/2] 01_bad.ipynb" in out
     # the failing notebook is named with its cell error, after the good one ran
     assert ("01_bad.ipynb: ValueError: broken on purpose [in the cell starting "
             "'raise ValueError(\"broken on purpose\")']") in err
@@ -95,3 +115,17 @@ def test_reproduce_runs_all_and_reports_failures(tmp_path, capsys):
     assert (results / "bad/runs/01_bad_smoke.ipynb").is_file()
     index = (results / "README.md").read_text()
     assert "good/smoke/tables/t.csv" in index
+
+
+def test_reproduce_shows_cell_progress_and_no_transport_warning(tmp_path):
+    """The kernel's stderr reaches the terminal: over TCP, ipykernel warns about unencrypted
+    transport at every start; the progress bar names the notebook and counts its cells."""
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    _notebook(nbs / "00_tiny.ipynb", "print(seed)")
+    proc = _run("reproduce", "--notebooks", str(nbs), "--results-root", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stderr
+    assert "without encryption" not in proc.stderr and "WARNING" not in proc.stderr
+    # 3 cells: parameters, papermill's injected parameters, the body
+    assert "00_tiny: 100%" in proc.stderr and "3/3" in proc.stderr
+    assert "[ok] tiny" in proc.stdout

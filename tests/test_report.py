@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import matplotlib
 
@@ -16,7 +15,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+from glimpse import io as glimpse_io  # noqa: E402
 from glimpse import report  # noqa: E402
+from glimpse.cli import main  # noqa: E402
 from glimpse.report import Reporter  # noqa: E402
 
 
@@ -96,14 +97,14 @@ def test_rewrite_same_folder_is_identical(tmp_path):
 
 def test_atomic_write_failure_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
     path = tmp_path / "x.txt"
-    report.atomic_write(path, "old\n")
+    glimpse_io.atomic_write(path, "old\n")
 
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.os, "replace", boom)
+    monkeypatch.setattr(glimpse_io.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
-        report.atomic_write(path, "new\n")
+        glimpse_io.atomic_write(path, "new\n")
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
 
@@ -133,7 +134,7 @@ def test_no_temp_files_after_writes(tmp_path):
     assert leftovers == []
     # permissions follow the umask, not mkstemp's 0600
     mode = (tmp_path / "demo/smoke/tables/t.csv").stat().st_mode & 0o777
-    assert mode == 0o666 & ~report._UMASK
+    assert mode == 0o666 & ~glimpse_io._UMASK
 
 
 def test_summary_is_rounded_sorted_and_free_of_timestamps(tmp_path):
@@ -287,7 +288,7 @@ def _papermill_like_notebook(path):
 def test_clean_notebooks(tmp_path, capsys):
     path = tmp_path / "nb.ipynb"
     _papermill_like_notebook(path)
-    assert report.clean_notebooks_main([str(path)]) == 0
+    assert main(["clean-notebooks", str(path)]) == 0
     nb = nbformat.read(path, as_version=4)
     assert "papermill" not in nb.metadata and "widgets" not in nb.metadata
     assert nb.metadata.kernelspec.name == "python3"
@@ -303,7 +304,7 @@ def test_clean_notebooks(tmp_path, capsys):
     text = path.read_text()
     assert "papermill" not in text and "ExecuteTime" not in text and text.endswith("\n")
     # idempotent
-    assert report.clean_notebooks_main([str(path)]) == 0
+    assert main(["clean-notebooks", str(path)]) == 0
     assert path.read_text() == text
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
 
@@ -311,17 +312,12 @@ def test_clean_notebooks(tmp_path, capsys):
 def test_clean_notebooks_errors(tmp_path, capsys):
     bad = tmp_path / "bad.ipynb"
     bad.write_text("{not json")
-    assert report.clean_notebooks_main([str(tmp_path / "missing.ipynb"), str(bad)]) == 1
+    assert main(["clean-notebooks", str(tmp_path / "missing.ipynb"), str(bad)]) == 1
     err = capsys.readouterr().err
     assert "missing.ipynb: no such file" in err and "bad.ipynb: not a readable notebook" in err
+    assert len(err.strip().splitlines()) == 2 and "Traceback" not in err
     assert bad.read_text() == "{not json"
-
-
-def test_cli_dispatch(tmp_path):
-    from glimpse.__main__ import main
-
-    path = tmp_path / "nb.ipynb"
-    _papermill_like_notebook(path)
-    assert main(["clean-notebooks", str(path)]) == 0
-    assert "papermill" not in path.read_text()
-    assert os.path.exists(path)
+    with pytest.raises(ValueError, match="bad.ipynb: not a readable notebook"):
+        report.clean_notebook_file(bad)
+    with pytest.raises(FileNotFoundError, match="missing.ipynb"):
+        report.clean_notebook_file(tmp_path / "missing.ipynb")

@@ -15,7 +15,6 @@ mean anything.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -26,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["main", "run"]
+__all__ = ["run"]
 
 FPN_SHAPES = [(2, 256, 50, 76), (2, 256, 100, 152)]
 QUICK_SHAPES = [(1, 64, 25, 38)]
@@ -198,44 +197,3 @@ def run(shapes, threads: list[int], repeats: int, device: str = "cpu",
                  for name in impls for s in shapes}
         table["peak_MB_fwd_bwd"] = [peaks[r.impl, r.shape] for r in table.itertuples()]
     return table, machine
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m glimpse bench carafe", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"one small shape {QUICK_SHAPES[0]} (a smoke test of the bench)")
-    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
-    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                        help="wall: elapsed time; cpu: this process's CPU time (steadier on a "
-                        "shared machine, but it sums the threads: use with --threads 1)")
-    parser.add_argument("--no-write", action="store_true",
-                        help="print the table only; do not write results/bench/carafe.*")
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("bench carafe: --device cuda but no CUDA device is available", file=sys.stderr)
-        return 2
-    threads = [int(t) for t in args.threads.split(",") if t.strip()]
-    global _CLOCK
-    _CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    shapes = QUICK_SHAPES if args.quick else FPN_SHAPES
-    table, machine = run(shapes, threads, args.repeats, args.device, not args.no_memory)
-    from glimpse.ops import kernel_status
-
-    if "compiled" not in set(table["impl"]):
-        print(f"bench carafe: glimpse_kernels not loaded ({kernel_status()['reason']}); "
-              "timing the reference only", file=sys.stderr)
-    import pandas as pd
-
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table.round(3).to_string(index=False))
-    print(json.dumps(machine, sort_keys=True))
-    if not args.no_write and not args.quick:
-        from glimpse.report import write_bench
-
-        machine["clock"] = args.clock
-        print(f"wrote {write_bench('carafe', table, machine=machine)}")
-    return 0

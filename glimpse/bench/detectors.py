@@ -18,7 +18,6 @@ configuration without pretrained weights).
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import time
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BenchCase", "main", "run"]
+__all__ = ["BenchCase", "run"]
 
 
 @dataclass
@@ -225,31 +224,3 @@ def run(
         print(f"{case.model:32s} {case.mode:10s} glimpse {ours:7.3f}s  torchvision "
               f"{theirs:7.3f}s  ratio {ours / theirs:5.2f}", flush=True)
     return pd.DataFrame(rows)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m glimpse bench detectors",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per side (median)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--quick", action="store_true", help="384x576 input instead of 800x1216")
-    parser.add_argument("--models", nargs="+",
-                        default=["faster_rcnn_r50_fpn", "mask_rcnn_r50_fpn", "retinanet_r50_fpn"],
-                        choices=["faster_rcnn_r50_fpn", "mask_rcnn_r50_fpn", "retinanet_r50_fpn"])
-    parser.add_argument("--no-train", action="store_true", help="skip the training-step row")
-    parser.add_argument("--train-batch", type=int, default=1, help="images per training step")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args(argv)
-    if args.repeats < 1 or args.threads < 1:
-        parser.error("--repeats and --threads must be >= 1")
-    df = run(args.repeats, args.threads, args.quick, args.models, not args.no_train,
-             args.train_batch)
-    print(df.to_string(index=False))
-    if not args.no_write:
-        from glimpse.report import write_bench
-
-        machine = {"threads": args.threads, "repeats": args.repeats,
-                   "torch": torch.__version__, "device": "cpu"}
-        path = write_bench("detectors", df, machine=machine)
-        print(f"wrote {path}")
-    return 0

@@ -1,16 +1,12 @@
-"""``python -m glimpse data check --image-dir D --ann A``: report every problem of a COCO set.
+"""Report every problem of a COCO set (``python -m glimpse data check --image-dir D --ann A``).
 
 Unlike :class:`~glimpse.data.CocoDetection`, which stops at the first problem, the checker
-reads every image and lists each kind of problem with its count and a few examples. Exit code:
-0 when the data set is clean, 1 when it has problems, 2 when the annotation file itself cannot
-be read.
+reads every image and lists each kind of problem with its count and a few examples.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from glimpse.data.coco import DatasetError, find_structure_problems, load_coco_json
 
-__all__ = ["CheckReport", "check_coco", "main"]
+__all__ = ["CheckReport", "check_coco"]
 
 _MAX_EXAMPLES = 5
 # Boxes may stick out of the image by rounding; COCO's own boxes stay within this.
@@ -150,29 +146,3 @@ def check_coco(image_dir: str | Path, ann_file: str | Path, *, decode: bool = Tr
             report.add("box_outside_image", f"{where}: bbox {box} (xywh) exceeds the "
                                             f"{im['width']}x{im['height']} (WxH) image")
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m glimpse data check``; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m glimpse data",
-                                     description="Dataset tools.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("check", help="validate a COCO-format detection data set")
-    p.add_argument("--image-dir", required=True, type=Path, help="folder of the images")
-    p.add_argument("--ann", required=True, type=Path, help="COCO instances JSON")
-    p.add_argument("--fast", action="store_true",
-                   help="read only image headers (does not find truncated images)")
-    p.add_argument("--max-examples", type=int, default=_MAX_EXAMPLES,
-                   help="examples printed per kind of problem")
-    args = parser.parse_args(argv)
-    try:
-        report = check_coco(args.image_dir, args.ann, decode=not args.fast)
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(report.format(args.max_examples))
-    return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from glimpse.assign import AnchorGenerator
-from glimpse.detectors.preprocess import DetectionPreprocessor
+from glimpse.preprocess import DetectionPreprocessor
 from glimpse.heads.retina import RetinaHead, RetinaTestConfig
 from glimpse.necks.fpn import FPN
 from glimpse.structures import Detection, Target

@@ -23,7 +23,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from glimpse.detectors.preprocess import DetectionPreprocessor, ImageBatch
+from glimpse.preprocess import DetectionPreprocessor, ImageBatch
 from glimpse.heads.cascade import CASCADE_IOUS, CASCADE_STDS, CascadeRoIHead, StandardRoIHead
 from glimpse.heads.roi_box import BoxHead, RCNNTestConfig, RCNNTrainConfig
 from glimpse.heads.roi_mask import FCNMaskHead

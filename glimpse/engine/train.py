@@ -14,7 +14,8 @@ What :func:`fit` does, in order:
   at 35 (mmdetection v1 ``faster_rcnn_r50_fpn_1x.py``), AMP on CUDA and gradient accumulation;
 - logs every named loss per iteration (``TrainResult.history`` and ``WORK_DIR/log.jsonl``);
 - writes atomic checkpoints to ``WORK_DIR/checkpoints/iter_<N>.pt`` and ``WORK_DIR/last.pt``
-  (rank 0 only), from which ``resume=True`` continues exactly;
+  (rank 0 only), from which ``resume=True`` continues exactly (from the newest intact
+  ``iter_<N>.pt`` when ``last.pt`` is truncated or corrupt);
 - stops with :class:`NonFiniteLossError` at the first non-finite loss, before it touches the
   weights, so the last checkpoint stays the last good one.
 """
@@ -43,20 +44,25 @@ from tqdm import tqdm
 
 from glimpse.engine.distributed import DistInfo, ShardedBatchSampler, init_distributed
 from glimpse.engine.seed import get_rng_state, seed_everything, seed_worker, set_rng_state
-from glimpse.report import atomic_write
+from glimpse.io import atomic_write
 
 __all__ = [
     "TrainConfig",
     "TrainResult",
     "NonFiniteLossError",
+    "CheckpointError",
     "WarmupMultiStepLR",
     "lr_factor",
     "fit",
     "load_checkpoint",
+    "LOG_FILE",
+    "LAST_CHECKPOINT",
+    "CHECKPOINT_DIR",
 ]
 
 LOG_FILE = "log.jsonl"
 LAST_CHECKPOINT = "last.pt"
+CHECKPOINT_DIR = "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,10 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(f"non-finite loss at iteration {iteration}: {values}")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable (truncated, corrupt) or not one :func:`fit` wrote."""
+
+
 def lr_factor(
     iteration: int,
     *,
@@ -231,6 +241,14 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
         return [base * factor for base in self.base_lrs]
 
 
+def _checkpoint_iteration(path: Path) -> int:
+    """N of ``iter_<N>.pt`` (-1 for a name that does not parse, so it sorts first)."""
+    try:
+        return int(path.stem.split("_", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by :func:`fit` (on CPU).
 
@@ -239,7 +257,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         (one state per rank), ``iteration``, ``world_size`` and ``config`` (dict).
 
     Raises:
-        FileNotFoundError / ValueError naming the file when it is missing or unreadable.
+        FileNotFoundError: the file is missing.
+        CheckpointError: the file is unreadable (truncated, corrupt) or not a glimpse
+            checkpoint; the message names it.
     """
     path = Path(path)
     if not path.is_file():
@@ -247,9 +267,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises several types for truncated/corrupt files
-        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt or "iteration" not in ckpt:
-        raise ValueError(f"{path}: not a glimpse checkpoint (needs keys 'model', 'iteration')")
+        raise CheckpointError(f"{path}: not a glimpse checkpoint (needs keys 'model', 'iteration')")
     return ckpt
 
 
@@ -274,7 +294,9 @@ def fit(
             ``last.pt``.
         device: ``"cpu"``, ``"cuda"`` (``cuda:LOCAL_RANK`` under torchrun), ``"auto"`` or a
             device.
-        resume: continue from ``WORK_DIR/last.pt`` when it exists (else start from scratch).
+        resume: continue from ``WORK_DIR/last.pt`` when it exists, from the newest intact
+            ``checkpoints/iter_<N>.pt`` when ``last.pt`` is broken (with a warning naming
+            both), from scratch when there is no checkpoint.
         collate_fn: batch collation; default :func:`glimpse.data.collate`
             (``(list[Tensor[3,H,W]], list[Target])``).
 
@@ -284,6 +306,7 @@ def fit(
 
     Raises:
         NonFiniteLossError: a loss became NaN/inf (naming the iteration and every loss).
+        CheckpointError: ``resume`` found checkpoints but none of them is readable.
     """
     if collate_fn is None:
         from glimpse.data import collate as collate_fn  # deferred: engine must not need data
@@ -362,7 +385,7 @@ class _Trainer:
 
     def _save(self, iteration: int) -> Path:
         state = self._state(iteration)  # collective: every rank takes part
-        ckpt_dir = self.work_dir / "checkpoints"
+        ckpt_dir = self.work_dir / CHECKPOINT_DIR
         path = ckpt_dir / f"iter_{iteration}.pt"
         if not self.info.is_main:
             return path
@@ -383,17 +406,40 @@ class _Trainer:
             shutil.copyfile(path, last_tmp)
         os.replace(last_tmp, self.work_dir / LAST_CHECKPOINT)
         if self.cfg.keep_checkpoints is not None:
-            old = sorted(ckpt_dir.glob("iter_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+            old = sorted(ckpt_dir.glob("iter_*.pt"), key=_checkpoint_iteration)
             for stale in old[: -self.cfg.keep_checkpoints]:
                 stale.unlink()
         return path
 
     def _resume(self) -> tuple[int, list[dict[str, float]]]:
-        """Load ``last.pt`` if present; returns (start iteration, history read from the log)."""
-        path = self.work_dir / LAST_CHECKPOINT
-        if not path.is_file():
+        """Load the newest intact checkpoint; returns (start iteration, history from the log).
+
+        ``last.pt`` first, then ``checkpoints/iter_<N>.pt`` from the newest: a run killed while
+        its disk filled up, or a copy cut short, leaves a truncated file, and the one before it
+        still resumes exactly. Starts from scratch when there is no checkpoint at all.
+
+        Raises:
+            CheckpointError: checkpoints exist but none of them is readable.
+        """
+        ckpt_dir = self.work_dir / CHECKPOINT_DIR
+        candidates = [self.work_dir / LAST_CHECKPOINT] + sorted(
+            ckpt_dir.glob("iter_*.pt"), key=_checkpoint_iteration, reverse=True)
+        candidates = [p for p in candidates if p.is_file()]
+        if not candidates:
             return 0, []
-        ckpt = load_checkpoint(path)
+        broken: list[str] = []
+        for path in candidates:
+            try:
+                ckpt = load_checkpoint(path)
+                break
+            except CheckpointError as exc:
+                broken.append(str(exc))
+        else:
+            raise CheckpointError(
+                f"no intact checkpoint to resume from in {self.work_dir}: {broken[0]}")
+        if broken:
+            warnings.warn(f"resuming from {path}, the newest intact checkpoint; skipped "
+                          f"{'; '.join(broken)}", stacklevel=3)
         changed = sorted(
             k for k, v in dataclasses.asdict(self.cfg).items()
             if _jsonable(ckpt["config"].get(k)) != _jsonable(v)

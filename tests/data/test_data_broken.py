@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from glimpse.cli import main
 from glimpse.data import CocoDetection, DatasetError, build_dataset
-from glimpse.data.check import check_coco, main
+from glimpse.data.check import check_coco
 
 
 def _load(tiny, **kwargs) -> CocoDetection:
@@ -138,7 +139,7 @@ def test_unreadable_annotation_file(tiny_coco, content, message, capsys):
     with pytest.raises(DatasetError, match=message) as info:
         _load(tiny_coco)
     assert str(tiny_coco.ann_file) in str(info.value)
-    code = main(["check", "--image-dir", str(tiny_coco.image_dir), "--ann",
+    code = main(["data", "check", "--image-dir", str(tiny_coco.image_dir), "--ann",
                  str(tiny_coco.ann_file)])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
@@ -200,7 +201,7 @@ def test_check_reports_every_problem_with_counts(tiny_coco, capsys):
         "duplicate_image_id": 1, "duplicate_annotation_id": 1, "duplicate_category_id": 1,
         "unknown_category_id": 1, "zero_area_box": 1, "box_outside_image": 1,
     }
-    code = main(["check", "--image-dir", str(tiny_coco.image_dir), "--ann",
+    code = main(["data", "check", "--image-dir", str(tiny_coco.image_dir), "--ann",
                  str(tiny_coco.ann_file)])
     out = capsys.readouterr().out
     assert code == 1
@@ -208,7 +209,7 @@ def test_check_reports_every_problem_with_counts(tiny_coco, capsys):
 
 
 def test_check_clean_dataset_and_example_limit(tiny_coco, capsys):
-    assert main(["check", "--image-dir", str(tiny_coco.image_dir), "--ann",
+    assert main(["data", "check", "--image-dir", str(tiny_coco.image_dir), "--ann",
                  str(tiny_coco.ann_file)]) == 0
     assert "OK: no problems found" in capsys.readouterr().out
     for i in range(8):  # eight missing images: the report shows five and counts the rest

@@ -116,9 +116,9 @@ def test_coco128_split(coco128):
 
 
 def test_data_check_on_coco128_is_clean(coco128, capsys):
-    from glimpse.data.check import main
+    from glimpse.cli import main
 
-    code = main(["check", "--image-dir", str(coco128 / "train2017"),
+    code = main(["data", "check", "--image-dir", str(coco128 / "train2017"),
                  "--ann", str(coco128 / "annotations" / "instances_train2017.json")])
     assert code == 0
     assert "128 images, 939 annotations" in capsys.readouterr().out

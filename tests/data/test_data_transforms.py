@@ -1,16 +1,15 @@
-"""transforms.py on hand-made cases: boxes, masks and semantic maps stay consistent."""
+"""Augmentation (glimpse.data.transforms) and image geometry (glimpse.preprocess) on hand-made
+cases: boxes, masks and semantic maps stay consistent."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from glimpse.data.transforms import (
+from glimpse.data.transforms import Compose, RandomHorizontalFlip, hflip
+from glimpse.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    Compose,
-    RandomHorizontalFlip,
-    hflip,
     normalize,
     pad_batch,
     rescale_size,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from glimpse.engine.cli import evaluate_main, train_main
+from glimpse.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,13 +48,13 @@ def _one_line_error(capsys, name: str) -> str:
 
 def test_evaluate_prints_metrics_as_json(files, capsys):
     ann, res = files
-    assert evaluate_main(["--ann", str(ann), "--results", str(res), "--iou-type", "bbox"]) == 0
+    assert main(["evaluate", "--ann", str(ann), "--results", str(res), "--iou-type", "bbox"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["AP"] == pytest.approx(51 / 101)  # recall 0.5 at precision 1
-    assert evaluate_main(["--ann", str(ann), "--results", str(res), "--iou-type", "proposal"]) == 0
+    assert main(["evaluate", "--ann", str(ann), "--results", str(res), "--iou-type", "proposal"]) == 0
     assert json.loads(capsys.readouterr().out)["AR@100"] == pytest.approx(0.5)
     # restricted to image 2 (no ground truth, no detections)
-    assert evaluate_main(["--ann", str(ann), "--results", str(res), "--img-ids", "2"]) == 0
+    assert main(["evaluate", "--ann", str(ann), "--results", str(res), "--img-ids", "2"]) == 0
     assert json.loads(capsys.readouterr().out)["AP"] == 0.0
 
 
@@ -83,14 +83,14 @@ def test_evaluate_bad_files_give_one_line(files, capsys, which, content, problem
         path.unlink()
     else:
         path.write_text(content)
-    assert evaluate_main(["--ann", str(ann), "--results", str(res)]) == 1
+    assert main(["evaluate", "--ann", str(ann), "--results", str(res)]) == 1
     err = _one_line_error(capsys, path.name)
     assert problem in err
 
 
 def test_evaluate_segm_needs_masks(files, capsys):
     ann, res = files
-    assert evaluate_main(["--ann", str(ann), "--results", str(res), "--iou-type", "segm"]) == 1
+    assert main(["evaluate", "--ann", str(ann), "--results", str(res), "--iou-type", "segm"]) == 1
     assert "segmentation" in _one_line_error(capsys, "res.json")
 
 
@@ -108,16 +108,16 @@ def test_evaluate_command_line_has_no_traceback(files, tmp_path):
 
 
 def test_train_rejects_unknown_names(tmp_path, capsys):
-    assert train_main(["no_such_model", "--data", "synthetic-smoke",
+    assert main(["train", "no_such_model", "--data", "synthetic-smoke",
                        "--work-dir", str(tmp_path)]) == 1  # fmt: skip
     assert "known models" in _one_line_error(capsys, "no_such_model")
-    assert train_main(["faster_rcnn_slim_fpn", "--data", "nope",
+    assert main(["train", "faster_rcnn_slim_fpn", "--data", "nope",
                        "--work-dir", str(tmp_path)]) == 1  # fmt: skip
     _one_line_error(capsys, "nope")
-    assert train_main(["faster_rcnn_slim_fpn", "--data", "coco", "--data-root",
+    assert main(["train", "faster_rcnn_slim_fpn", "--data", "coco", "--data-root",
                        str(tmp_path / "absent"), "--work-dir", str(tmp_path)]) == 1  # fmt: skip
     _one_line_error(capsys, "absent")
-    assert train_main(["faster_rcnn_slim_fpn", "--data", "synthetic-smoke", "--batch-size", "0",
+    assert main(["train", "faster_rcnn_slim_fpn", "--data", "synthetic-smoke", "--batch-size", "0",
                        "--work-dir", str(tmp_path)]) == 1  # fmt: skip
     _one_line_error(capsys, "batch_size")
 
@@ -127,7 +127,7 @@ def test_train_end_to_end_on_synthetic_smoke(tmp_path, capsys):
     argv = ["faster_rcnn_slim_fpn", "--data", "synthetic-smoke", "--max-iters", "4",
             "--batch-size", "2", "--checkpoint-every", "2", "--work-dir", str(work),
             "--device", "cpu", "--eval-batch-size", "8"]  # fmt: skip
-    assert train_main(argv) == 0
+    assert main(["train", *argv]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert set(metrics["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert all(0.0 <= v <= 1.0 or v == -1.0 for v in metrics["bbox"].values())
@@ -140,4 +140,18 @@ def test_train_end_to_end_on_synthetic_smoke(tmp_path, capsys):
     assert all(k.startswith("loss") for k in log[0] if k.startswith("loss"))
     assert sum(k.startswith("loss_") for k in log[0]) >= 4  # rpn and roi cls/box losses
     # resuming the finished run trains no further
-    assert train_main(argv + ["--resume", "--no-eval"]) == 0
+    assert main(["train", *argv, "--resume", "--no-eval"]) == 0
+    capsys.readouterr()
+    # a cut-short last.pt: resumed from the newest intact checkpoint, said on one line
+    (work / "last.pt").unlink()  # a hard link to iter_4.pt: cut a copy, keep iter_4.pt intact
+    (work / "last.pt").write_bytes((work / "checkpoints" / "iter_2.pt").read_bytes()[:100])
+    assert main(["train", *argv, "--resume", "--no-eval"]) == 0
+    warning = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
+    assert len(warning) == 1 and warning[0].startswith("glimpse train: warning: resuming from ")
+    assert "iter_4.pt" in warning[0] and "last.pt: not a readable checkpoint" in warning[0]
+    # a run whose every checkpoint is cut short cannot resume: one line naming the problem
+    for path in [work / "last.pt", *(work / "checkpoints").glob("*.pt")]:
+        path.write_bytes(path.read_bytes()[:100])
+    assert main(["train", *argv, "--resume", "--no-eval"]) == 1
+    err = _one_line_error(capsys, "no intact checkpoint to resume from")
+    assert err.startswith("glimpse train: error: ")

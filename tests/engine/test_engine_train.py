@@ -18,6 +18,7 @@ import torch
 
 from glimpse.engine.distributed import ShardedBatchSampler
 from glimpse.engine.train import (
+    CheckpointError,
     NonFiniteLossError,
     TrainConfig,
     fit,
@@ -236,6 +237,39 @@ def test_load_checkpoint_names_the_bad_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="bad.pt"):
         load_checkpoint(bad)
+
+
+def _truncate(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_resume_skips_truncated_checkpoints_to_the_newest_intact_one(tmp_path):
+    cfg = toy_config(max_iters=20, checkpoint_every=5)
+    full = ToyNet()
+    fit(full, ToyDataset(), cfg, tmp_path / "full", collate_fn=toy_collate)
+
+    # killed after iteration 15 with the disk full: last.pt and iter_15.pt are cut short
+    run = tmp_path / "cut"
+    shutil.copytree(tmp_path / "full", run)
+    (run / "checkpoints" / "iter_20.pt").unlink()
+    shutil.copyfile(run / "checkpoints" / "iter_15.pt", run / "last.pt")
+    _truncate(run / "last.pt")
+    _truncate(run / "checkpoints" / "iter_15.pt")
+    resumed = ToyNet()
+    with pytest.warns(UserWarning, match=r"resuming from .*iter_10\.pt.* skipped .*last\.pt: not "
+                                         r"a readable checkpoint.*iter_15\.pt"):
+        result = fit(resumed, ToyDataset(), cfg, run, resume=True, collate_fn=toy_collate)
+    assert resumed.seen == full.seen[10:]
+    _assert_same_weights(resumed.state_dict(), full.state_dict())
+    assert [h["iter"] for h in result.history] == list(range(1, 21))
+    assert torch.load(run / "last.pt", weights_only=False)["iteration"] == 20
+
+    # nothing intact: an error naming the folder, not a silent restart from scratch
+    for path in [run / "last.pt", *(run / "checkpoints").glob("*.pt")]:
+        _truncate(path)
+    with pytest.raises(CheckpointError, match="no intact checkpoint to resume from"):
+        fit(ToyNet(), ToyDataset(), cfg, run, resume=True, collate_fn=toy_collate)
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):

@@ -10,7 +10,7 @@ from torch.utils.data import Subset
 
 from glimpse import zoo
 from glimpse.data import build_dataset
-from glimpse.engine.evaluate import evaluate_detector
+from glimpse.engine.coco_eval import evaluate_detector
 from glimpse.engine.train import TrainConfig, fit
 
 ITERS = 40

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from glimpse.assign import SamplingResult
-from glimpse.detectors.preprocess import paste_masks
+from glimpse.preprocess import paste_masks
 from glimpse.heads.cascade import CASCADE_STDS, CascadeRoIHead, StandardRoIHead
 from glimpse.heads.roi_box import BoxHead, RCNNTestConfig, RCNNTrainConfig, multiclass_nms
 from glimpse.heads.roi_extractor import RoIExtractor, boxes_to_rois, map_roi_levels

@@ -13,7 +13,7 @@ import torch
 
 from glimpse.backbones import resnet_slim
 from glimpse.detectors import two_stage
-from glimpse.detectors.preprocess import DetectionPreprocessor
+from glimpse.preprocess import DetectionPreprocessor
 from glimpse.heads.roi_box import RCNNTestConfig
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "losses_two_stage.json"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from glimpse.bench import carafe as bench
+from glimpse.cli import main
 
 
 def test_quick_bench_runs(capsys):
-    assert bench.main(["--quick", "--threads", "1", "--repeats", "1", "--no-memory",
-                       "--no-write"]) == 0
+    assert main(["bench", "carafe", "--quick", "--threads", "1", "--repeats", "1",
+                 "--no-memory", "--no-write"]) == 0
     out = capsys.readouterr().out
     assert "reference" in out and "forward+backward" in out and "clone_GBps_1t" in out
 

@@ -1,5 +1,4 @@
-"""Evaluation: detector inference, COCO results, COCOeval (bbox, segm, proposal recall) and the
-plain metrics of the later papers (top-k accuracy, mIoU / pixel accuracy, L1, PSNR).
+"""COCO evaluation: detector inference, COCO results, COCOeval (bbox, segm, proposal recall).
 
 Detection metrics come from pycocotools' ``COCOeval``, the implementation behind every number
 in the four papers; glimpse only converts its detections to COCO results (``xywh`` boxes,
@@ -38,12 +37,6 @@ __all__ = [
     "coco_evaluate",
     "proposal_recall",
     "evaluate_detector",
-    "topk_accuracy",
-    "confusion_matrix",
-    "mean_iou",
-    "pixel_accuracy",
-    "l1_error",
-    "psnr",
 ]
 
 # Names of COCOeval.stats[0:6] for bbox / segm.
@@ -401,100 +394,3 @@ def evaluate_detector(
         else:
             metrics[iou_type] = coco_evaluate(coco_gt, results, iou_type, ids)
     return metrics
-
-
-# ---------------------------------------------------------------------------------- plain metrics
-
-
-def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """Fraction of samples whose label is among the ``k`` highest logits.
-
-    Args:
-        logits: [N, C] scores.
-        labels: int64[N] in 0..C-1.
-        ks: the k values (clamped to C).
-
-    Returns:
-        ``{"top1": ..., "top5": ...}`` in [0, 1] (0 for N = 0).
-    """
-    if logits.dim() != 2 or labels.shape != logits.shape[:1]:
-        raise ValueError(f"need logits [N, C] and labels [N], got {tuple(logits.shape)} and "
-                         f"{tuple(labels.shape)}")
-    n, c = logits.shape
-    out: dict[str, float] = {}
-    if n == 0:
-        return {f"top{k}": 0.0 for k in ks}
-    top = logits.topk(min(max(ks), c), dim=1).indices  # [N, max k]
-    hits = top == labels[:, None]
-    for k in ks:
-        out[f"top{k}"] = hits[:, : min(k, c)].any(dim=1).float().mean().item()
-    return out
-
-
-def confusion_matrix(
-    pred: Tensor, target: Tensor, num_classes: int, *, ignore_index: int = 255
-) -> Tensor:
-    """Pixel confusion matrix: entry [t, p] counts pixels of class t predicted as p.
-
-    Args:
-        pred: int[...] predicted classes in 0..num_classes-1.
-        target: int[...] same shape; ``ignore_index`` pixels are skipped.
-
-    Returns:
-        int64[num_classes, num_classes]; sum them over a dataset before :func:`mean_iou`.
-    """
-    if pred.shape != target.shape:
-        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
-    keep = target != ignore_index
-    pred, target = pred[keep], target[keep]
-    if ((target < 0) | (target >= num_classes)).any() or ((pred < 0) | (pred >= num_classes)).any():
-        raise ValueError(f"class ids must lie in 0..{num_classes - 1} (or be {ignore_index})")
-    flat = target * num_classes + pred
-    return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def mean_iou(confusion: Tensor) -> float:
-    """Mean over classes of ``TP / (TP + FP + FN)``, skipping classes absent from both the
-    prediction and the ground truth (mmsegmentation's nan-mean)."""
-    confusion = confusion.double()
-    tp = confusion.diagonal()
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    present = union > 0
-    if not present.any():
-        return math.nan
-    return (tp[present] / union[present]).mean().item()
-
-
-def pixel_accuracy(confusion: Tensor) -> float:
-    """Correct pixels / labelled pixels (ignored pixels are not in the matrix)."""
-    total = confusion.sum()
-    return (confusion.diagonal().sum().double() / total).item() if total > 0 else math.nan
-
-
-def l1_error(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
-    """Mean absolute error; with ``mask`` (broadcastable, nonzero = counted) only there."""
-    diff = (pred.double() - target.double()).abs()
-    if mask is None:
-        return diff.mean().item()
-    weight = mask.to(diff.dtype).expand_as(diff)
-    return (diff * weight).sum().item() / max(weight.sum().item(), 1.0)
-
-
-def psnr(pred: Tensor, target: Tensor, *, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio ``10 log10(data_range^2 / MSE)`` in dB.
-
-    Args:
-        pred, target: [C,H,W] (one image) or [B,C,H,W] (PSNR per image, then averaged).
-        data_range: the value range (1 for images in [0, 1], 255 for uint8).
-
-    Returns:
-        dB; ``inf`` for identical images.
-    """
-    if pred.shape != target.shape:
-        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    batch = pred.reshape(1, -1) if pred.dim() == 3 else pred.reshape(pred.shape[0], -1)
-    ref = target.reshape(batch.shape)
-    mse = ((batch.double() - ref.double()) ** 2).mean(dim=1)
-    values = 10.0 * torch.log10(data_range**2 / mse)
-    return values.mean().item()

@@ -1,5 +1,5 @@
-"""Evaluation: COCO results and COCOeval on real COCO128 (ground truth fed back scores AP 1),
-hand-computed AP / AR / top-k / mIoU / PSNR, empty and malformed inputs."""
+"""COCO evaluation: COCO results and COCOeval on real COCO128 (ground truth fed back scores
+AP 1), hand-computed AP / AR, empty and malformed inputs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import contextlib
 import functools
 import io
 import json
-import math
 
 import numpy as np
 import pycocotools.mask as mask_utils
@@ -16,19 +15,13 @@ import torch
 from pycocotools.coco import COCO
 from torch import nn
 
-from glimpse.engine.evaluate import (
+from glimpse.engine.coco_eval import (
     coco_evaluate,
     coco_from_dict,
     coco_results,
-    confusion_matrix,
     evaluate_detector,
     inference,
-    l1_error,
-    mean_iou,
-    pixel_accuracy,
     proposal_recall,
-    psnr,
-    topk_accuracy,
 )
 
 # pycocotools' decode trips a NumPy 2 deprecation warning that is not ours to fix
@@ -223,46 +216,3 @@ def test_inference_and_evaluate_detector():
     assert metrics["segm"]["AP"] == pytest.approx(1.0)
     masks[1] = 0  # the second mask misses entirely
     assert evaluate_detector(model, _TinyDataset())["segm"]["AP"] == pytest.approx(51 / 101)
-
-
-def test_topk_accuracy_by_hand():
-    logits = torch.tensor([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05], [0.2, 0.3, 0.5]])
-    labels = torch.tensor([2, 0, 0])
-    acc = topk_accuracy(logits, labels, ks=(1, 2, 5))
-    assert acc == {"top1": pytest.approx(1 / 3), "top2": pytest.approx(2 / 3), "top5": 1.0}
-    assert topk_accuracy(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)) == {
-        "top1": 0.0, "top5": 0.0}  # fmt: skip
-
-
-def test_mean_iou_and_pixel_accuracy_by_hand():
-    target = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 255]])
-    pred = torch.tensor([[0, 1, 1, 1], [2, 0, 2, 0]])
-    cm = confusion_matrix(pred, target, num_classes=4)
-    # labelled (target, pred) pairs: (0,0) (0,1) (1,1) (1,1) (2,2) (2,0): 4 of 6 correct
-    assert cm.sum() == 6 and pixel_accuracy(cm) == pytest.approx(4 / 6)
-    # class 0: TP 1, FP 1 (pixel (1,1)), FN 1 (pixel (0,1)) -> 1/3
-    # class 1: TP 2, FP 1, FN 0 -> 2/3;  class 2: TP 1, FP 0, FN 1 -> 1/2;  class 3: absent
-    assert mean_iou(cm) == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
-    assert mean_iou(cm + confusion_matrix(pred, target, 4)) == pytest.approx(mean_iou(cm))
-    assert math.isnan(mean_iou(torch.zeros(3, 3, dtype=torch.long)))
-    with pytest.raises(ValueError, match="0..3"):
-        confusion_matrix(torch.tensor([5]), torch.tensor([0]), num_classes=4)
-
-
-def test_psnr_and_l1_by_hand():
-    target = torch.rand(2, 3, 8, 8, dtype=torch.float64)
-    assert psnr(target + 0.1, target) == pytest.approx(20.0, abs=1e-6)  # MSE 0.01
-    assert psnr((target + 0.1)[0], target[0]) == pytest.approx(20.0, abs=1e-6)
-    noisy = target.clone()
-    noisy[1] += 0.01  # per-image PSNR 20 and 40 dB -> mean 30
-    noisy[0] += 0.1
-    assert psnr(noisy, target) == pytest.approx(30.0, abs=1e-6)
-    assert psnr(target * 255, target * 255 + 25.5, data_range=255) == pytest.approx(20.0)
-    assert psnr(target, target) == math.inf
-    assert l1_error(target + 0.25, target) == pytest.approx(0.25)
-    mask = torch.zeros(1, 1, 8, 8)
-    mask[..., :4, :] = 1
-    shifted = target.clone()
-    shifted[..., :4, :] += 0.5
-    assert l1_error(shifted, target, mask) == pytest.approx(0.5)
-    assert l1_error(shifted, target) == pytest.approx(0.25)

@@ -1,0 +1,479 @@
+"""Every ``python -m glimpse <command>``: argument parsing and printing only.
+
+The work is done by library functions below this module (``glimpse.engine.fit``,
+``glimpse.engine.coco_eval``, ``glimpse.papers.reproduce``, ``glimpse.bench.*.run``,
+``glimpse.data.check.check_coco``, ``glimpse.report.clean_notebook_file``), which are imported
+when a command runs, so ``--help`` and a typo cost nothing.
+
+Examples::
+
+    python -m glimpse train faster_rcnn_slim_fpn --data synthetic-smoke --max-iters 200 \\
+        --batch-size 4 --work-dir runs/smoke
+    torchrun --nproc-per-node 8 -m glimpse train mask_rcnn_r50_fpn --data coco \\
+        --data-root data/coco --max-iters 90000 --batch-size 2 --device cuda --work-dir runs/1x
+    python -m glimpse evaluate --ann instances_val2017.json --results segm.json --iou-type segm
+    python -m glimpse reproduce --paper codebase --profile smoke
+    python -m glimpse bench carafe --quick
+    python -m glimpse data check --image-dir data/coco/val2017 --ann instances_val2017.json
+    python -m glimpse clean-notebooks notebooks/*.ipynb
+
+Bad input (a missing or corrupt file, an unknown name, a broken checkpoint, a diverging loss)
+ends with one line ``glimpse <command>: error: ...`` on stderr and a non-zero exit status (2 for
+bad arguments), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+__all__ = ["CommandError", "build_parser", "main"]
+
+# the profiles every paper defines (DESIGN.md: smoke, cpu, full)
+_PROFILES = ("smoke", "cpu", "full")
+_BENCH_DETECTOR_MODELS = ("faster_rcnn_r50_fpn", "mask_rcnn_r50_fpn", "retinanet_r50_fpn")
+
+
+class CommandError(Exception):
+    """Bad input found by a command itself; ``main`` prints it on one line.
+
+    Args:
+        message: what is wrong, naming the argument or file.
+        status: the exit status (1: bad data or files, 2: bad arguments).
+    """
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (usage stays one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# ------------------------------------------------------------------------------------ train
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a zoo model on a dataset, then evaluate it",
+        description="Train a zoo model with the mmdetection 1x recipe (SGD, warm-up, steps at "
+        "8/12 and 11/12 of --max-iters), then evaluate it on the val split. Writes "
+        "WORK_DIR/log.jsonl, config.json, checkpoints/iter_<N>.pt, last.pt and metrics.json, "
+        "and prints the metrics as JSON.")
+    p.add_argument("model", help="a name from glimpse.zoo.names(), e.g. faster_rcnn_slim_fpn")
+    p.add_argument("--data", required=True, help="dataset name for glimpse.data.build_dataset")
+    p.add_argument("--data-root", default=None, help="where the dataset lives")
+    p.add_argument("--work-dir", required=True, type=Path, help="log, checkpoints, metrics")
+    # unset options keep glimpse.engine.TrainConfig's defaults (importing it here costs torch)
+    p.add_argument("--max-iters", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="per process")
+    p.add_argument("--accumulate", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None,
+                   help="absolute lr (default: the model's base lr x total batch / 16; base lr "
+                        "0.02, RetinaNet 0.01: glimpse.zoo.base_lr)")
+    p.add_argument("--warmup-iters", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: cuda when available")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from WORK_DIR/last.pt (from the newest intact "
+                        "checkpoints/iter_<N>.pt when last.pt is broken)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation on the val split")
+    p.add_argument("--eval-batch-size", type=int, default=1)
+    p.set_defaults(run=_train)
+
+
+# TrainConfig fields set by train's options of the same name
+_TRAIN_OPTIONS = ("max_iters", "batch_size", "accumulate", "checkpoint_every", "lr",
+                  "warmup_iters", "seed", "num_workers")
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from glimpse import zoo
+    from glimpse.data import build_dataset
+    from glimpse.engine import TrainConfig, evaluate_detector, fit
+    from glimpse.io import atomic_write
+
+    if args.model not in zoo.names():
+        raise CommandError(f"unknown model {args.model!r}; known models: "
+                           f"{', '.join(zoo.names())}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CommandError("--device cuda was asked for but no CUDA device is available")
+    options = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
+    cfg = TrainConfig(**{**options, "base_lr": zoo.base_lr(args.model)})
+    train_set = build_dataset(args.data, split="train", data_root=args.data_root, train=True)
+    val_set = None
+    if not args.no_eval:
+        val_set = build_dataset(args.data, split="val", data_root=args.data_root, train=False)
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
+    model = zoo.build(args.model, num_classes=len(train_set.class_names),
+                      image_scale=train_set.default_image_scale)
+    result = fit(model, train_set, cfg, args.work_dir, device=args.device, resume=args.resume)
+    if result.last_checkpoint is None:  # ranks > 0 under torchrun: rank 0 evaluates
+        return 0
+    print(f"checkpoint: {result.last_checkpoint}", file=sys.stderr)
+    if val_set is None:
+        return 0
+    # proposal networks are scored by average recall, detectors by AP
+    iou_types = ("proposal",) if zoo.MODELS[args.model].detector == "rpn" else None
+    metrics = evaluate_detector(model, val_set, device=next(model.parameters()).device,
+                                iou_types=iou_types, batch_size=args.eval_batch_size)
+    text = json.dumps(metrics, indent=2, sort_keys=True)
+    atomic_write(Path(args.work_dir) / "metrics.json", text + "\n")
+    print(text)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ evaluate
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", aliases=["test"],
+        help="COCO bbox/segm AP or proposal AR of a results JSON",
+        description="COCO bbox / segm AP or proposal AR of a COCO results file, printed as "
+                    "JSON on stdout.")
+    p.add_argument("--ann", required=True, help="COCO annotation JSON (ground truth)")
+    p.add_argument("--results", required=True, help="COCO results JSON")
+    p.add_argument("--iou-type", choices=("bbox", "segm", "proposal"), default="bbox")
+    p.add_argument("--img-ids", default=None,
+                   help="comma-separated image ids to restrict the evaluation to")
+    p.set_defaults(run=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from glimpse.data.coco import find_structure_problems, load_coco_json
+    from glimpse.engine.coco_eval import (
+        coco_evaluate,
+        coco_from_dict,
+        load_results,
+        proposal_recall,
+    )
+
+    img_ids = None
+    if args.img_ids:
+        try:
+            img_ids = [int(x) for x in args.img_ids.split(",") if x.strip()]
+        except ValueError:
+            raise CommandError(f"--img-ids must be comma-separated integers, got "
+                               f"{args.img_ids!r}", status=2) from None
+    data = load_coco_json(args.ann)
+    for kind, messages in find_structure_problems(data).items():
+        if messages:
+            raise CommandError(f"{os.fspath(args.ann)}: {kind.replace('_', ' ')}: {messages[0]}")
+    no_area = [a.get("id") for a in data["annotations"] if "area" not in a]
+    if no_area:  # COCOeval sorts ground truth into size ranges by it
+        raise CommandError(f"{os.fspath(args.ann)}: annotation {no_area[0]} has no 'area'")
+    results = load_results(args.results, args.iou_type)
+    coco_gt = coco_from_dict(data)
+    try:
+        if args.iou_type == "proposal":
+            metrics = proposal_recall(coco_gt, results, img_ids)
+        else:
+            metrics = coco_evaluate(coco_gt, results, args.iou_type, img_ids)
+    except ValueError as e:
+        raise CommandError(f"{os.fspath(args.results)}: {e}") from None
+    print(json.dumps(metrics, sort_keys=True))
+    return 0
+
+
+# ------------------------------------------------------------------------------------ reproduce
+
+
+def _add_reproduce(sub) -> None:
+    p = sub.add_parser(
+        "reproduce", help="run the paper notebooks with papermill, regenerate results/",
+        description="Run the paper notebooks (papermill) and regenerate results/. Shows each "
+                    "notebook's progress (cells done, elapsed time) on stderr; a failing "
+                    "notebook does not stop the others, and every failure is named at the end "
+                    "with its cell's error on one line.")
+    p.add_argument("--paper", action="append", metavar="NAME",
+                   help="paper to run (repeatable); default: every notebooks/NN_<paper>.ipynb")
+    p.add_argument("--profile", default="smoke", choices=_PROFILES,
+                   help="smoke: CPU minutes on synthetic data; cpu: tens of minutes, "
+                        "synthetic + COCO128; full: the papers' data and schedules (GPUs)")
+    p.add_argument("--data-root", default="", metavar="DIR",
+                   help="folder holding coco/, imagenet/, ade20k/, places/ (data/README.md)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="per-cell execution timeout in seconds (default: none)")
+    p.add_argument("--results-root", type=Path, default=None, metavar="DIR",
+                   help="where results go (default: <repo>/results)")
+    p.add_argument("--notebooks", type=Path, default=None, metavar="DIR",
+                   help="folder of NN_<paper>.ipynb notebooks (default: <repo>/notebooks)")
+    p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+    p.set_defaults(run=_reproduce)
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from glimpse.papers import reproduce
+    from glimpse.report import default_root, write_index
+
+    available = reproduce.discover(args.notebooks)
+    papers = args.paper or list(available)
+    unknown = [p for p in papers if p not in available]
+    if unknown:
+        raise CommandError(f"unknown paper(s) {unknown}; available: {list(available)}", 2)
+    if not papers:
+        raise CommandError("no notebooks found (expected notebooks/NN_<paper>.ipynb)", 2)
+
+    results_root = args.results_root if args.results_root is not None else default_root()
+    parameters = {"profile": args.profile, "device": args.device, "data_root": args.data_root,
+                  "seed": args.seed}
+    if args.results_root is not None:
+        parameters["results_root"] = str(results_root.resolve())
+    runs = []
+    for i, paper in enumerate(papers, 1):
+        print(f"== [{i}/{len(papers)}] {available[paper].name} (profile {args.profile})",
+              flush=True)
+        run = reproduce.run_notebook(paper, available[paper], profile=args.profile,
+                                     results_root=results_root, parameters=parameters,
+                                     timeout=args.timeout, progress=not args.no_progress)
+        runs.append(run)
+        for path in reproduce.artefacts(results_root, paper, args.profile):
+            print(f"   {path}")
+        status = "ok" if run.ok else "FAILED"
+        print(f"   [{status}] {paper}: {run.seconds:.1f} s; executed notebook: {run.output}",
+              flush=True)
+    write_index(results_root)
+    print(f"index: {results_root / 'README.md'}")
+    failed = [r for r in runs if not r.ok]
+    if failed:
+        print(f"\n{len(failed)} of {len(runs)} notebook(s) failed:", file=sys.stderr)
+        for r in failed:
+            print(f"  {r.notebook.name}: {r.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------------------------ bench
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="benchmarks: ratios against a baseline in the same run",
+        description="Time glimpse against a baseline in the same run and write the ratios "
+                    "under results/bench/ (machines are noisy; only same-run ratios count).")
+    benches = p.add_subparsers(dest="bench", metavar="{carafe,detectors}")
+    p.set_defaults(run=lambda args: _print_help(p))
+
+    c = benches.add_parser(
+        "carafe", help="compiled CARAFE op against the pure-PyTorch reference",
+        description="The compiled CARAFE op against the pure-PyTorch reference at the FPN "
+                    "shapes of a 1333x800 image (see glimpse.bench.carafe).")
+    c.add_argument("--quick", action="store_true",
+                   help="one small shape (a smoke test of the bench); writes nothing")
+    c.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    c.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
+    c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    c.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    c.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="wall: elapsed time; cpu: this process's CPU time (steadier on a "
+                        "shared machine, but it sums the threads: use with --threads 1)")
+    c.add_argument("--no-write", action="store_true",
+                   help="print the table only; do not write results/bench/carafe.*")
+    c.set_defaults(run=_bench_carafe)
+
+    d = benches.add_parser(
+        "detectors", help="glimpse detectors against torchvision's",
+        description="glimpse's R50-FPN detectors against torchvision's, same weights, same "
+                    "run (see glimpse.bench.detectors).")
+    d.add_argument("--repeats", type=int, default=5, help="timed runs per side (median)")
+    d.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    d.add_argument("--quick", action="store_true", help="384x576 input instead of 800x1216")
+    d.add_argument("--models", nargs="+", default=list(_BENCH_DETECTOR_MODELS),
+                   choices=_BENCH_DETECTOR_MODELS)
+    d.add_argument("--no-train", action="store_true", help="skip the training-step row")
+    d.add_argument("--train-batch", type=int, default=1, help="images per training step")
+    d.add_argument("--no-write", action="store_true", help="print only")
+    d.set_defaults(run=_bench_detectors)
+
+
+def _bench_carafe(args: argparse.Namespace) -> int:
+    import time
+
+    import pandas as pd
+    import torch
+
+    from glimpse.bench import carafe as bench
+    from glimpse.ops import kernel_status
+    from glimpse.report import write_bench
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CommandError("--device cuda but no CUDA device is available", 2)
+    try:
+        threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    except ValueError:
+        raise CommandError(f"--threads must be comma-separated integers, got "
+                           f"{args.threads!r}", 2) from None
+    # the bench module times with this clock (module state: the carafe stream owns its API)
+    bench._CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    shapes = bench.QUICK_SHAPES if args.quick else bench.FPN_SHAPES
+    table, machine = bench.run(shapes, threads, args.repeats, args.device, not args.no_memory)
+    if "compiled" not in set(table["impl"]):
+        print(f"bench carafe: glimpse_kernels not loaded ({kernel_status()['reason']}); "
+              "timing the reference only", file=sys.stderr)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.round(3).to_string(index=False))
+    print(json.dumps(machine, sort_keys=True))
+    if not args.no_write and not args.quick:
+        machine["clock"] = args.clock
+        print(f"wrote {write_bench('carafe', table, machine=machine)}")
+    return 0
+
+
+def _bench_detectors(args: argparse.Namespace) -> int:
+    import torch
+
+    from glimpse.bench import detectors as bench
+    from glimpse.report import write_bench
+
+    if args.repeats < 1 or args.threads < 1:
+        raise CommandError("--repeats and --threads must be >= 1", 2)
+    df = bench.run(args.repeats, args.threads, args.quick, args.models, not args.no_train,
+                   args.train_batch)
+    print(df.to_string(index=False))
+    if not args.no_write:
+        machine = {"threads": args.threads, "repeats": args.repeats,
+                   "torch": torch.__version__, "device": "cpu"}
+        print(f"wrote {write_bench('detectors', df, machine=machine)}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="dataset tools: `data check --image-dir D --ann A`",
+                       description="Dataset tools.")
+    tools = p.add_subparsers(dest="tool", metavar="{check}", required=True)
+    c = tools.add_parser(
+        "check", help="validate a COCO-format detection data set",
+        description="Report every problem of a COCO set: each kind with its count and a few "
+                    "examples. Exit status 0: clean; 1: problems; 2: the annotation file "
+                    "itself cannot be read.")
+    c.add_argument("--image-dir", required=True, type=Path, help="folder of the images")
+    c.add_argument("--ann", required=True, type=Path, help="COCO instances JSON")
+    c.add_argument("--fast", action="store_true",
+                   help="read only image headers (does not find truncated images)")
+    c.add_argument("--max-examples", type=int, default=5,
+                   help="examples printed per kind of problem")
+    c.set_defaults(run=_data_check)
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from glimpse.data import DatasetError
+    from glimpse.data.check import check_coco
+
+    try:
+        report = check_coco(args.image_dir, args.ann, decode=not args.fast)
+    except DatasetError as e:
+        raise CommandError(str(e), status=2) from None
+    print(report.format(args.max_examples))
+    return 0 if report.ok else 1
+
+
+# ------------------------------------------------------------------------------------ notebooks
+
+
+def _add_clean_notebooks(sub) -> None:
+    p = sub.add_parser(
+        "clean-notebooks", help="strip volatile notebook metadata",
+        description="Strip papermill metadata, execution counts and widget state in place "
+                    "(outputs kept).")
+    p.add_argument("notebooks", nargs="+", type=Path)
+    p.add_argument("--keep-injected", action="store_true",
+                   help="keep papermill's injected-parameters cells")
+    p.set_defaults(run=_clean_notebooks)
+
+
+def _clean_notebooks(args: argparse.Namespace) -> int:
+    from glimpse.report import clean_notebook_file
+
+    status = 0
+    for path in args.notebooks:
+        try:
+            clean_notebook_file(path, keep_injected=args.keep_injected)
+        except (FileNotFoundError, ValueError) as exc:  # one bad file does not stop the rest
+            print(f"glimpse clean-notebooks: error: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"cleaned {path}")
+    return status
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m glimpse`` parser; each subcommand sets ``run(args) -> exit status``."""
+    parser = _Parser(prog="python -m glimpse",
+                     description="glimpse: the paper companion's command line.")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for add in (_add_train, _add_evaluate, _add_reproduce, _add_bench, _add_data,
+                _add_clean_notebooks):
+        add(sub)
+    parser.set_defaults(run=lambda args: _print_help(parser))
+    return parser
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input, not a bug: printed on one line. Imported only when one
+    happened, so that a command that never reaches the data or the engine never loads them."""
+    from glimpse.data import DatasetError
+    from glimpse.engine import CheckpointError, NonFiniteLossError
+
+    return DatasetError, CheckpointError, NonFiniteLossError, OSError, ValueError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit status (also for ``--help`` and argument errors)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad argument (2), already printed
+        return int(exc.code or 0)
+    run: Callable[[argparse.Namespace], int] = args.run
+    command = " ".join(x for x in (args.command, getattr(args, "bench", None),
+                                   getattr(args, "tool", None)) if x)
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        # one line, as the errors: a user of the command line has no use for our source lines
+        print(f"glimpse {command}: warning: {_one_line(message)}", file=sys.stderr)
+
+    try:
+        with warnings.catch_warnings():  # restores showwarning afterwards
+            warnings.showwarning = show_warning
+            return int(run(args) or 0)
+    except CommandError as exc:
+        print(f"glimpse {command}: error: {exc}", file=sys.stderr)
+        return exc.status
+    except Exception as exc:
+        if not isinstance(exc, _expected_errors()):
+            raise
+        print(f"glimpse {command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: object) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
