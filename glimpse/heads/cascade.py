@@ -15,11 +15,11 @@ Inference runs the box heads in sequence on the regressed RoIs, averages the sta
 logits, takes the boxes of the last stage, and averages the stages' sigmoid masks computed on
 the final boxes.
 
-Every call of :meth:`~CascadeRoIHead.loss` / :meth:`~CascadeRoIHead.predict` builds one
+Every call of :meth:`~CascadeRoIHead.loss` / :meth:`~CascadeRoIHead.predict` has one
 :class:`CascadeContext` (the pyramid, the image sizes, an optional semantic feature map and a
-place where stages leave features for later stages) and hands it to every stage method, so a
-subclass keeps its per-batch state there and never on ``self`` (re-entrant, ``torch.compile``
-friendly).
+place where stages leave features for later stages), built from its arguments or passed in with
+``context=``, and hands it to every stage method, so a subclass keeps its per-batch state there
+and never on ``self`` (re-entrant, ``torch.compile`` friendly).
 
 HTC (Chen et al., CVPR 2019) subclasses :class:`CascadeRoIHead`; its extension points are
 :meth:`~CascadeRoIHead.box_forward` / :meth:`~CascadeRoIHead.mask_forward` (add
@@ -64,8 +64,9 @@ StagePredictions = list[list[tuple[Tensor, Tensor]]]
 @dataclass
 class CascadeContext:
     """What the stages of one :meth:`CascadeRoIHead.loss` / :meth:`~CascadeRoIHead.predict`
-    call share. One is built per call and dropped after it, so stages keep per-batch state here,
-    never on the module.
+    call share. One per call, dropped after it, so stages keep per-batch state here, never on
+    the module. Callers with more to hand the stages (HTC's semantic map) build it themselves
+    and pass it as ``context=``.
 
     Attributes:
         feats: pyramid maps [B, C, H_l, W_l], finest first.
