@@ -23,12 +23,13 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from glimpse.preprocess import DetectionPreprocessor, ImageBatch
-from glimpse.heads.cascade import CASCADE_IOUS, CASCADE_STDS, CascadeRoIHead, StandardRoIHead
+from glimpse.heads.cascade import CASCADE_IOUS, CASCADE_STDS, CascadeRoIHead
 from glimpse.heads.roi_box import BoxHead, RCNNTestConfig, RCNNTrainConfig
 from glimpse.heads.roi_mask import FCNMaskHead
 from glimpse.heads.rpn import ProposalConfig, RPNHead, RPNTrainConfig
+from glimpse.heads.standard import StandardRoIHead
 from glimpse.necks.fpn import FPN
+from glimpse.preprocess import DetectionPreprocessor, ImageBatch
 from glimpse.structures import Detection, Target
 
 __all__ = [

@@ -1,1 +1,2 @@
-"""Dense heads (RPN, RetinaNet) and RoI heads (box, mask, cascade): forward / loss / predict."""
+"""Dense heads (RPN, RetinaNet) and RoI heads (box, mask, standard, cascade): forward / loss /
+predict."""

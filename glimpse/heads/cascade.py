@@ -1,5 +1,6 @@
-"""RoI heads as a loop over stages: Faster / Mask R-CNN (one stage) and Cascade (Mask) R-CNN
-(Cai & Vasconcelos, CVPR 2018), with mmdetection v2's training and test flow.
+"""RoI heads as a loop over stages: Cascade (Mask) R-CNN (Cai & Vasconcelos, CVPR 2018) and,
+as its one-stage case, Faster / Mask R-CNN (:mod:`glimpse.heads.standard`), with mmdetection
+v2's training and test flow.
 
 Training, per stage ``t`` (mmdet ``CascadeRoIHead.forward_train``):
 
@@ -14,17 +15,26 @@ Inference runs the box heads in sequence on the regressed RoIs, averages the sta
 logits, takes the boxes of the last stage, and averages the stages' sigmoid masks computed on
 the final boxes.
 
-HTC (Chen et al., CVPR 2019) subclasses :class:`CascadeRoIHead`: the extension points are
-:meth:`~CascadeRoIHead.box_forward` / :meth:`~CascadeRoIHead.mask_forward` (add semantic
-features to the RoI features), :meth:`~CascadeRoIHead.stage_loss` (interleaved execution:
-refine before the mask branch), :meth:`~CascadeRoIHead.mask_loss` (mask information flow from
-the earlier stages' :meth:`FCNMaskHead.features`) and
-:meth:`~CascadeRoIHead.predict_mask_probs`.
+Every call of :meth:`~CascadeRoIHead.loss` / :meth:`~CascadeRoIHead.predict` has one
+:class:`CascadeContext` (the pyramid, the image sizes, an optional semantic feature map and a
+place where stages leave features for later stages), built from its arguments or passed in with
+``context=``, and hands it to every stage method, so a subclass keeps its per-batch state there
+and never on ``self`` (re-entrant, ``torch.compile`` friendly).
+
+HTC (Chen et al., CVPR 2019) subclasses :class:`CascadeRoIHead`; its extension points are
+:meth:`~CascadeRoIHead.box_forward` / :meth:`~CascadeRoIHead.mask_forward` (add
+``context.semantic_feat`` to the RoI features; chain the mask heads' features through
+``context.mask_feats``), :meth:`~CascadeRoIHead.stage_loss` (interleaved execution: refine and
+re-sample before the mask branch), :meth:`~CascadeRoIHead.mask_loss` (mask information flow:
+run the earlier mask heads on this stage's RoIs first) and the ``context`` keyword of
+:meth:`~CascadeRoIHead.loss` / :meth:`~CascadeRoIHead.predict` (a head that owns a semantic
+branch computes its feature map once and passes it in).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +45,8 @@ from glimpse.heads.roi_extractor import RoIExtractor, boxes_to_rois
 from glimpse.heads.roi_mask import FCNMaskHead
 from glimpse.structures import Target
 
-__all__ = ["CascadeRoIHead", "StandardRoIHead", "CASCADE_STDS", "CASCADE_IOUS"]
+__all__ = ["CascadeContext", "CascadeRoIHead", "StagePredictions", "CASCADE_STDS",
+           "CASCADE_IOUS"]
 
 # Cascade R-CNN / HTC stage settings (mmdet cascade_rcnn_r50_fpn configs)
 CASCADE_IOUS = (0.5, 0.6, 0.7)
@@ -44,6 +55,37 @@ CASCADE_STDS = (
     (0.05, 0.05, 0.1, 0.1),
     (0.033, 0.033, 0.067, 0.067),
 )
+
+# per stage, per image: (boxes [P_i, 4] regressed by that stage, class probabilities
+# [P_i, K + 1] of that stage alone); see CascadeRoIHead.predict_boxes
+StagePredictions = list[list[tuple[Tensor, Tensor]]]
+
+
+@dataclass
+class CascadeContext:
+    """What the stages of one :meth:`CascadeRoIHead.loss` / :meth:`~CascadeRoIHead.predict`
+    call share. One per call, dropped after it, so stages keep per-batch state here, never on
+    the module. Callers with more to hand the stages (HTC's semantic map) build it themselves
+    and pass it as ``context=``.
+
+    Attributes:
+        feats: pyramid maps [B, C, H_l, W_l], finest first.
+        image_sizes: per image, (height, width) before padding.
+        semantic_feat: optional [B, C_s, H_s, W_s] semantic feature map (HTC's fused semantic
+            branch, stride 8); the base heads ignore it, HTC adds its RoI features to the box
+            and mask RoI features.
+        mask_feats: stage -> [R, C, S, S] mask-head conv features
+            (:meth:`FCNMaskHead.features`) of the RoIs that stage's mask branch last ran on.
+            The base heads neither read nor write it; HTC's mask information flow writes stage
+            ``t``'s features and reads them in stage ``t + 1`` (same RoIs: inference runs the
+            mask stages in order on one set of boxes, training re-runs the earlier stages on
+            the current stage's RoIs).
+    """
+
+    feats: Sequence[Tensor]
+    image_sizes: Sequence[tuple[int, int]]
+    semantic_feat: Tensor | None = None
+    mask_feats: dict[int, Tensor] = field(default_factory=dict)
 
 
 class CascadeRoIHead(nn.Module):
@@ -108,17 +150,30 @@ class CascadeRoIHead(nn.Module):
     def _key(self, name: str, stage: int) -> str:
         return name if self.num_stages == 1 else f"{name}_s{stage}"
 
+    @staticmethod
+    def _context(feats: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]],
+                 context: CascadeContext | None) -> CascadeContext:
+        """The caller's context, checked against ``feats`` / ``image_sizes``, or a new one."""
+        if context is None:
+            return CascadeContext(feats, image_sizes)
+        same_feats = (len(context.feats) == len(feats)
+                      and all(a is b for a, b in zip(context.feats, feats)))
+        if not same_feats or list(context.image_sizes) != list(image_sizes):
+            raise ValueError("context: its feats and image_sizes must be the ones passed "
+                             "alongside it")
+        return context
+
     # ------------------------------------------------------------------ overridable pieces
-    def box_forward(self, stage: int, feats: Sequence[Tensor], rois: Tensor
+    def box_forward(self, stage: int, context: CascadeContext, rois: Tensor
                     ) -> tuple[Tensor, Tensor, Tensor]:
         """Box head ``stage`` on [R, 5] RoIs -> (logits, deltas, pooled RoI features)."""
-        roi_feats = self.box_extractor(feats, rois)
+        roi_feats = self.box_extractor(context.feats, rois)
         logits, deltas = self.box_heads[stage](roi_feats)
         return logits, deltas, roi_feats
 
-    def mask_forward(self, stage: int, feats: Sequence[Tensor], rois: Tensor) -> Tensor:
+    def mask_forward(self, stage: int, context: CascadeContext, rois: Tensor) -> Tensor:
         """Mask head ``stage`` on [R, 5] RoIs -> [R, K, 28, 28] logits."""
-        return self.mask_heads[stage](self.mask_extractor(feats, rois))
+        return self.mask_heads[stage](self.mask_extractor(context.feats, rois))
 
     def sample(self, stage: int, proposals: Sequence[Tensor], targets: Sequence[Target]
                ) -> list[SamplingResult]:
@@ -130,7 +185,7 @@ class CascadeRoIHead(nn.Module):
             out.append(self.samplers[stage].sample(assign, props, gt_boxes, gt_labels))
         return out
 
-    def mask_loss(self, stage: int, feats: Sequence[Tensor], samples: Sequence[SamplingResult],
+    def mask_loss(self, stage: int, context: CascadeContext, samples: Sequence[SamplingResult],
                   targets: Sequence[Target]) -> dict[str, Tensor]:
         """Mask loss of stage ``stage`` on the positives of ``samples`` (unweighted)."""
         head = self.mask_heads[stage]
@@ -139,7 +194,7 @@ class CascadeRoIHead(nn.Module):
                 raise ValueError(f"target {i} (image_id {t.get('image_id', '?')}): mask models "
                                  "need 'masks' with one mask per box")
         rois = boxes_to_rois([s.pos_boxes for s in samples])
-        logits = self.mask_forward(stage, feats, rois)
+        logits = self.mask_forward(stage, context, rois)
         size = logits.shape[-1]
         mask_t = head.targets([s.pos_boxes for s in samples],
                               [s.pos_assigned_gt_inds for s in samples],
@@ -147,9 +202,8 @@ class CascadeRoIHead(nn.Module):
         labels = torch.cat([s.pos_gt_labels for s in samples])
         return head.loss(logits, mask_t, labels)
 
-    def stage_loss(self, stage: int, feats: Sequence[Tensor], proposals: Sequence[Tensor],
-                   targets: Sequence[Target], image_sizes: Sequence[tuple[int, int]]
-                   ) -> tuple[dict[str, Tensor], list[Tensor]]:
+    def stage_loss(self, stage: int, context: CascadeContext, proposals: Sequence[Tensor],
+                   targets: Sequence[Target]) -> tuple[dict[str, Tensor], list[Tensor]]:
         """Losses of one stage (unweighted) and the next stage's proposals.
 
         Returns:
@@ -158,15 +212,16 @@ class CascadeRoIHead(nn.Module):
         """
         samples = self.sample(stage, proposals, targets)
         rois = boxes_to_rois([s.boxes for s in samples])
-        logits, deltas, _ = self.box_forward(stage, feats, rois)
+        logits, deltas, _ = self.box_forward(stage, context, rois)
         head = self.box_heads[stage]
         labels, box_targets = head.get_targets(samples)
         losses = head.loss(logits, deltas, labels, box_targets)
         if self.with_mask:
-            losses.update(self.mask_loss(stage, feats, samples, targets))
+            losses.update(self.mask_loss(stage, context, samples, targets))
         next_props: list[Tensor] = []
         if stage < self.num_stages - 1:
-            next_props = self.refine_samples(stage, samples, logits, deltas, labels, image_sizes)
+            next_props = self.refine_samples(stage, samples, logits, deltas, labels,
+                                             context.image_sizes)
         return losses, next_props
 
     @torch.no_grad()
@@ -190,8 +245,8 @@ class CascadeRoIHead(nn.Module):
 
     # ----------------------------------------------------------------------- public API
     def loss(self, feats: Sequence[Tensor], proposals: Sequence[Tensor],
-             targets: Sequence[Target], image_sizes: Sequence[tuple[int, int]]
-             ) -> dict[str, Tensor]:
+             targets: Sequence[Target], image_sizes: Sequence[tuple[int, int]],
+             *, context: CascadeContext | None = None) -> dict[str, Tensor]:
         """Weighted losses of all stages.
 
         Args:
@@ -199,89 +254,101 @@ class CascadeRoIHead(nn.Module):
             proposals: per image, [P_i, >=4] xyxy proposals in the network's input frame.
             targets: per image, ground truth in the same frame.
             image_sizes: per image, (height, width) before padding.
+            context: the call's :class:`CascadeContext` when the caller has more to put in it
+                (HTC: ``semantic_feat``); built from ``feats`` and ``image_sizes`` otherwise
+                (and then it must hold those same ones).
 
         Returns:
             Loss dict (see the class docstring); ``stats_*`` entries are not weighted.
         """
+        context = self._context(feats, image_sizes, context)
         proposals = [p[:, :4].detach() for p in proposals]
         losses: dict[str, Tensor] = {}
         for stage in range(self.num_stages):
-            stage_losses, proposals = self.stage_loss(stage, feats, proposals, targets,
-                                                      image_sizes)
+            stage_losses, proposals = self.stage_loss(stage, context, proposals, targets)
             w = self.stage_loss_weights[stage]
             for name, value in stage_losses.items():
                 losses[self._key(name, stage)] = value * w if name.startswith("loss_") else value
         return losses
 
     @torch.no_grad()
-    def predict_boxes(self, feats: Sequence[Tensor], proposals: Sequence[Tensor],
-                      image_sizes: Sequence[tuple[int, int]]
-                      ) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """Cascade inference of boxes: per image ``(boxes [D, 4], scores [D], labels [D])``."""
+    def predict_boxes(self, context: CascadeContext, proposals: Sequence[Tensor], *,
+                      return_stages: bool = False
+                      ) -> (list[tuple[Tensor, Tensor, Tensor]]
+                            | tuple[list[tuple[Tensor, Tensor, Tensor]], StagePredictions]):
+        """Cascade inference of boxes.
+
+        Args:
+            context: the call's context (feats, image_sizes, ...).
+            proposals: per image, [P_i, >=4] xyxy proposals in the network's input frame.
+            return_stages: also return what every stage produced, before NMS.
+
+        Returns:
+            Per image ``(boxes [D, 4], scores [D], labels [D])``; with ``return_stages``,
+            ``(detections, stages)`` where ``stages[t][i]`` is ``(boxes [P_i, 4],
+            probs [P_i, K + 1])``: image ``i``'s proposals after stage ``t``'s regression (by
+            its most likely foreground class, clipped to the image) and stage ``t``'s own
+            softmax class probabilities (column 0 background) of the RoIs it was given (the
+            proposals for stage 0, stage ``t - 1``'s boxes after). Row ``j`` is proposal ``j``
+            in every stage. The detections instead use the stages' mean logits and decode the
+            last stage's deltas of every class.
+        """
         counts = [p.shape[0] for p in proposals]
         boxes = [p[:, :4] for p in proposals]
         stage_logits = []
+        stages: StagePredictions = []
         for stage in range(self.num_stages):
-            logits, deltas, _ = self.box_forward(stage, feats, boxes_to_rois(boxes).to(feats[0]))
+            rois = boxes_to_rois(boxes).to(context.feats[0])
+            logits, deltas, _ = self.box_forward(stage, context, rois)
             stage_logits.append(logits)
-            if stage < self.num_stages - 1:
+            if stage < self.num_stages - 1 or return_stages:
                 labels = logits[:, 1:].argmax(1) + 1
                 head = self.box_heads[stage]
-                boxes = [head.refine(b, d, lab, size) for b, d, lab, size in zip(
-                    boxes, deltas.split(counts), labels.split(counts), image_sizes)]
+                refined = [head.refine(b, d, lab, size) for b, d, lab, size in zip(
+                    boxes, deltas.split(counts), labels.split(counts), context.image_sizes)]
+                if return_stages:
+                    stages.append(list(zip(refined, logits.softmax(-1).split(counts))))
+                if stage < self.num_stages - 1:
+                    boxes = refined
         # mmdet averages the stages' logits (softmax comes after, in the last head)
         mean_logits = torch.stack(stage_logits).mean(0)
-        return self.box_heads[-1].predict(boxes, mean_logits.split(counts), deltas.split(counts),
-                                          image_sizes, self.test_cfg)
+        dets = self.box_heads[-1].predict(boxes, mean_logits.split(counts), deltas.split(counts),
+                                          context.image_sizes, self.test_cfg)
+        return (dets, stages) if return_stages else dets
 
     @torch.no_grad()
-    def predict_mask_probs(self, feats: Sequence[Tensor], boxes: Sequence[Tensor],
+    def predict_mask_probs(self, context: CascadeContext, boxes: Sequence[Tensor],
                            labels: Sequence[Tensor]) -> list[Tensor]:
-        """Per image [D, 28, 28] mask probabilities of the detections, averaged over stages."""
-        rois = boxes_to_rois(boxes).to(feats[0])
-        probs = sum(head.probabilities(self.mask_forward(t, feats, rois), torch.cat(labels))
+        """Per image [D, 28, 28] mask probabilities of the detections, averaged over stages.
+
+        The mask stages run in order 0, 1, ... on the same RoIs (what HTC's mask information
+        flow relies on).
+        """
+        rois = boxes_to_rois(boxes).to(context.feats[0])
+        flat_labels = torch.cat(labels)
+        probs = sum(head.probabilities(self.mask_forward(t, context, rois), flat_labels)
                     for t, head in enumerate(self.mask_heads)) / self.num_stages
         return list(probs.split([b.shape[0] for b in boxes]))
 
     @torch.no_grad()
     def predict(self, feats: Sequence[Tensor], proposals: Sequence[Tensor],
-                image_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
+                image_sizes: Sequence[tuple[int, int]], *,
+                context: CascadeContext | None = None) -> list[dict[str, Tensor]]:
         """Detections per image in the network's input frame.
+
+        Args:
+            feats, proposals, image_sizes, context: as in :meth:`loss`.
 
         Returns:
             Per image a dict with ``boxes`` [D, 4], ``scores`` [D], ``labels`` [D] and, with
             masks, ``mask_probs`` [D, 28, 28] (probabilities inside each box).
         """
-        dets = self.predict_boxes(feats, proposals, image_sizes)
+        context = self._context(feats, image_sizes, context)
+        dets = self.predict_boxes(context, proposals)
         out = [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in dets]
         if self.with_mask:
-            probs = self.predict_mask_probs(feats, [d["boxes"] for d in out],
+            probs = self.predict_mask_probs(context, [d["boxes"] for d in out],
                                             [d["labels"] for d in out])
             for d, p in zip(out, probs):
                 d["mask_probs"] = p
         return out
-
-
-class StandardRoIHead(CascadeRoIHead):
-    """Faster / Mask R-CNN's RoI head: the one-stage case of the cascade loop.
-
-    Args:
-        box_head: the :class:`BoxHead` (class-specific regression in mmdet's configs).
-        train_cfg: proposal assignment and sampling.
-        test_cfg: detection post-processing.
-        box_extractor: 7x7 RoI extractor; default mmdet's.
-        mask_head: :class:`FCNMaskHead` for Mask R-CNN, else None.
-        mask_extractor: 14x14 RoI extractor; default mmdet's.
-    """
-
-    def __init__(
-        self,
-        box_head: BoxHead,
-        train_cfg: RCNNTrainConfig = RCNNTrainConfig(),
-        test_cfg: RCNNTestConfig = RCNNTestConfig(),
-        box_extractor: RoIExtractor | None = None,
-        mask_head: FCNMaskHead | None = None,
-        mask_extractor: RoIExtractor | None = None,
-    ) -> None:
-        super().__init__([box_head], [train_cfg], [1.0], box_extractor,
-                         None if mask_head is None else [mask_head], mask_extractor, test_cfg)

@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from glimpse.assign import SamplingResult
-from glimpse.preprocess import paste_masks
-from glimpse.heads.cascade import CASCADE_STDS, CascadeRoIHead, StandardRoIHead
+from glimpse.heads.cascade import CASCADE_STDS, CascadeContext, CascadeRoIHead
 from glimpse.heads.roi_box import BoxHead, RCNNTestConfig, RCNNTrainConfig, multiclass_nms
 from glimpse.heads.roi_extractor import RoIExtractor, boxes_to_rois, map_roi_levels
 from glimpse.heads.roi_mask import FCNMaskHead, mask_targets
+from glimpse.heads.standard import StandardRoIHead
+from glimpse.preprocess import paste_masks
 
 
 # ---------------------------------------------------------------------------- RoI extractor
@@ -271,6 +272,62 @@ def test_cascade_predict_averages_logits_last_stage_boxes():
     # no proposals at all
     none = head.predict(feats, [torch.zeros(0, 4)] * 2, [(256, 256)] * 2)
     assert all(len(d["boxes"]) == 0 and d["mask_probs"].shape == (0, 28, 28) for d in none)
+
+
+def test_predict_boxes_return_stages_matches_stage_loop():
+    torch.manual_seed(0)
+    head = _cascade(with_mask=False).eval()
+    feats, props, sizes = _feats(), _proposals(), [(256, 256), (200, 256)]
+    ctx = CascadeContext(feats, sizes)
+    dets, stages = head.predict_boxes(ctx, props, return_stages=True)
+    assert len(stages) == 3 and all(len(s) == 2 for s in stages)
+    # the detections are those of the plain call
+    for (b, s, lab), (b2, s2, lab2) in zip(dets, head.predict_boxes(ctx, props)):
+        assert torch.equal(b, b2) and torch.equal(s, s2) and torch.equal(lab, lab2)
+    # independent loop over image 1: each stage's own softmax and its regression of its input
+    boxes = props[1]
+    for t in range(3):
+        rois = torch.cat((torch.ones(len(boxes), 1), boxes), 1)
+        lg, dl = head.box_heads[t](head.box_extractor(feats, rois))
+        boxes = head.box_heads[t].coder.decode(boxes, dl, max_shape=(200, 256))
+        stage_boxes, stage_probs = stages[t][1]
+        torch.testing.assert_close(stage_boxes, boxes)
+        torch.testing.assert_close(stage_probs, F.softmax(lg, dim=1))
+        assert stage_boxes[:, 3].max() <= 200  # clipped to this image's height
+    # no proposals: every stage still reports one (empty) entry per image
+    _, stages = head.predict_boxes(ctx, [torch.zeros(0, 4)] * 2, return_stages=True)
+    assert [[(b.shape, p.shape) for b, p in s] for s in stages] == [
+        [((0, 4), (0, 4))] * 2] * 3
+
+
+def test_single_stage_return_stages_regresses_by_best_class():
+    torch.manual_seed(0)
+    head = StandardRoIHead(BoxHead(3, 8, fc_channels=16)).eval()
+    feats, props = _feats(), _proposals()
+    _, stages = head.predict_boxes(CascadeContext(feats, [(256, 256)] * 2), props,
+                                   return_stages=True)
+    rois = torch.cat((torch.zeros(30, 1), props[0]), 1)
+    lg, dl = head.box_heads[0](head.box_extractor(feats, rois))
+    best = lg[:, 1:].argmax(1)  # class-specific deltas: columns 4k..4k+3 of class k + 1
+    picked = dl.view(30, 3, 4)[torch.arange(30), best]
+    ref = head.box_heads[0].coder.decode(props[0], picked, max_shape=(256, 256))
+    torch.testing.assert_close(stages[0][0][0], ref)
+
+
+def test_context_must_match_feats_and_sizes():
+    head = _cascade(with_mask=False).eval()
+    feats, props = _feats(), _proposals()
+    with pytest.raises(ValueError, match="context"):
+        head.predict(feats, props, [(256, 256)] * 2,
+                     context=CascadeContext(_feats(), [(256, 256)] * 2))
+    with pytest.raises(ValueError, match="context"):
+        head.loss(feats, props, _targets(), [(256, 256)] * 2,
+                  context=CascadeContext(feats, [(128, 128)] * 2))
+    # the same feats and sizes: identical to building no context
+    same = head.predict(feats, props, [(256, 256)] * 2,
+                        context=CascadeContext(list(feats), [(256, 256)] * 2))
+    plain = head.predict(feats, props, [(256, 256)] * 2)
+    assert all(torch.equal(a["scores"], b["scores"]) for a, b in zip(same, plain))
 
 
 def test_standard_roi_head_keys_and_missing_masks_error():
