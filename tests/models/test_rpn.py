@@ -15,7 +15,6 @@ from glimpse.assign import (
     RandomSampler,
     anchor_targets,
 )
-from glimpse.heads.base import DenseHead, ImageAnchors
 from glimpse.heads.rpn import ProposalConfig, RPNHead, RPNTrainConfig, select_proposals
 
 
