@@ -60,6 +60,7 @@ __all__ = [
     "names",
 ]
 
+
 def _lazy_builder(module: str, fn_name: str) -> Callable[..., nn.Module]:
     """Builder ``module.fn_name``, imported when first called so that importing the zoo does
     not import every detector (or classifier)."""

@@ -54,7 +54,7 @@ def test_allowed_border_and_valid_flags():
     assert lw.tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0]
     lw = anchor_targets(anchors, valid, target, *args, **kwargs, allowed_border=-1).label_weights
     assert lw.sum() == 9
-    valid = gen.valid_flags([(3, 3)], pad_shape=(32, 48))[0]
+    valid = gen.valid_flags([(3, 3)], pad_size=(32, 48))[0]
     lw = anchor_targets(anchors, valid, target, *args, **kwargs).label_weights
     assert lw.view(3, 3)[2].sum() == 0 and lw.view(3, 3)[:2].sum() == 6
     with pytest.raises(ValueError, match="image_size"):
