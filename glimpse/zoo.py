@@ -6,7 +6,9 @@ Every model a notebook, the CLI or a test can name is a row of :data:`MODELS`: a
 ``<family>_<backbone>_fpn``, e.g. ``faster_rcnn_r50_fpn`` or ``retinanet_slim_fpn``.
 
 Detector modules are imported only when a model is built, so ``import glimpse.zoo`` stays cheap.
-To add a model, add a backbone to :data:`BACKBONES` and/or a row to :data:`MODELS`.
+Every family of :data:`DETECTORS` runs on every backbone of :data:`RESNET_BACKBONES`; other
+models are literal rows of :data:`MODELS`. To add a model, add a backbone to :data:`BACKBONES`
+and to :data:`RESNET_BACKBONES` (every family) or to the literal rows.
 
 Example::
 
@@ -21,6 +23,7 @@ which go to the backbone; ``backbone_kwargs={...}`` passes any other backbone op
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +51,7 @@ __all__ = [
     "DETECTORS",
     "MODELS",
     "ModelSpec",
+    "RESNET_BACKBONES",
     "base_lr",
     "build",
     "build_backbone",
@@ -56,59 +60,27 @@ __all__ = [
     "names",
 ]
 
-# Detector builders ``f(backbone, num_classes, **kwargs)``, imported when first called so that
-# importing the zoo does not import every detector.
-def _faster_rcnn(backbone: nn.Module, num_classes: int, **kwargs: Any) -> nn.Module:
-    from glimpse.detectors.two_stage import faster_rcnn
 
-    return faster_rcnn(backbone, num_classes, **kwargs)
+def _lazy_builder(module: str, fn_name: str) -> Callable[..., nn.Module]:
+    """Builder ``module.fn_name``, imported when first called so that importing the zoo does
+    not import every detector (or classifier)."""
 
+    def build_lazily(*args: Any, **kwargs: Any) -> nn.Module:
+        return getattr(importlib.import_module(module), fn_name)(*args, **kwargs)
 
-def _mask_rcnn(backbone: nn.Module, num_classes: int, **kwargs: Any) -> nn.Module:
-    from glimpse.detectors.two_stage import mask_rcnn
-
-    return mask_rcnn(backbone, num_classes, **kwargs)
+    build_lazily.__name__ = build_lazily.__qualname__ = fn_name
+    return build_lazily
 
 
-def _fast_rcnn(backbone: nn.Module, num_classes: int, **kwargs: Any) -> nn.Module:
-    from glimpse.detectors.two_stage import fast_rcnn
-
-    return fast_rcnn(backbone, num_classes, **kwargs)
-
-
-def _rpn(backbone: nn.Module, num_classes: int, **kwargs: Any) -> nn.Module:
-    from glimpse.detectors.two_stage import rpn
-
-    return rpn(backbone, num_classes, **kwargs)
-
-
-def _cascade_rcnn(backbone: nn.Module, num_classes: int, **kwargs: Any) -> nn.Module:
-    from glimpse.detectors.two_stage import cascade_rcnn
-
-    return cascade_rcnn(backbone, num_classes, **kwargs)
-
-
-def _cascade_mask_rcnn(backbone: nn.Module, num_classes: int, **kwargs: Any) -> nn.Module:
-    from glimpse.detectors.two_stage import cascade_mask_rcnn
-
-    return cascade_mask_rcnn(backbone, num_classes, **kwargs)
-
-
-def _retinanet(backbone: nn.Module, num_classes: int, **kwargs: Any) -> nn.Module:
-    from glimpse.detectors.retinanet import retinanet
-
-    return retinanet(backbone, num_classes, **kwargs)
-
-
-# Detector family -> builder.
+# Detector family -> builder ``f(backbone, num_classes, **kwargs)``.
 DETECTORS: dict[str, Callable[..., nn.Module]] = {
-    "faster_rcnn": _faster_rcnn,
-    "mask_rcnn": _mask_rcnn,
-    "fast_rcnn": _fast_rcnn,
-    "rpn": _rpn,
-    "cascade_rcnn": _cascade_rcnn,
-    "cascade_mask_rcnn": _cascade_mask_rcnn,
-    "retinanet": _retinanet,
+    "faster_rcnn": _lazy_builder("glimpse.detectors.two_stage", "faster_rcnn"),
+    "mask_rcnn": _lazy_builder("glimpse.detectors.two_stage", "mask_rcnn"),
+    "fast_rcnn": _lazy_builder("glimpse.detectors.two_stage", "fast_rcnn"),
+    "rpn": _lazy_builder("glimpse.detectors.two_stage", "rpn"),
+    "cascade_rcnn": _lazy_builder("glimpse.detectors.two_stage", "cascade_rcnn"),
+    "cascade_mask_rcnn": _lazy_builder("glimpse.detectors.two_stage", "cascade_mask_rcnn"),
+    "retinanet": _lazy_builder("glimpse.detectors.retinanet", "retinanet"),
 }
 
 # Backbone tag -> function returning a backbone of the C2..C5 contract.
@@ -153,75 +125,47 @@ class ModelSpec:
     base_lr: float = 0.02
 
 
-# name -> spec: every detector family on every ResNet backbone.
-MODELS: dict[str, ModelSpec] = {
-    "faster_rcnn_r50_fpn": ModelSpec("faster_rcnn", "r50"),
-    "faster_rcnn_r101_fpn": ModelSpec("faster_rcnn", "r101"),
-    "faster_rcnn_x50_32x4d_fpn": ModelSpec("faster_rcnn", "x50_32x4d"),
-    "faster_rcnn_x101_32x4d_fpn": ModelSpec("faster_rcnn", "x101_32x4d"),
-    "faster_rcnn_slim_fpn": ModelSpec("faster_rcnn", "slim", SLIM_DEFAULTS),
-    "mask_rcnn_r50_fpn": ModelSpec("mask_rcnn", "r50"),
-    "mask_rcnn_r101_fpn": ModelSpec("mask_rcnn", "r101"),
-    "mask_rcnn_x50_32x4d_fpn": ModelSpec("mask_rcnn", "x50_32x4d"),
-    "mask_rcnn_x101_32x4d_fpn": ModelSpec("mask_rcnn", "x101_32x4d"),
-    "mask_rcnn_slim_fpn": ModelSpec("mask_rcnn", "slim", SLIM_DEFAULTS),
-    "fast_rcnn_r50_fpn": ModelSpec("fast_rcnn", "r50"),
-    "fast_rcnn_r101_fpn": ModelSpec("fast_rcnn", "r101"),
-    "fast_rcnn_x50_32x4d_fpn": ModelSpec("fast_rcnn", "x50_32x4d"),
-    "fast_rcnn_x101_32x4d_fpn": ModelSpec("fast_rcnn", "x101_32x4d"),
-    "fast_rcnn_slim_fpn": ModelSpec("fast_rcnn", "slim", SLIM_DEFAULTS),
-    "rpn_r50_fpn": ModelSpec("rpn", "r50"),
-    "rpn_r101_fpn": ModelSpec("rpn", "r101"),
-    "rpn_x50_32x4d_fpn": ModelSpec("rpn", "x50_32x4d"),
-    "rpn_x101_32x4d_fpn": ModelSpec("rpn", "x101_32x4d"),
-    "rpn_slim_fpn": ModelSpec("rpn", "slim", SLIM_DEFAULTS),
-    "retinanet_r50_fpn": ModelSpec("retinanet", "r50", base_lr=0.01),
-    "retinanet_r101_fpn": ModelSpec("retinanet", "r101", base_lr=0.01),
-    "retinanet_x50_32x4d_fpn": ModelSpec("retinanet", "x50_32x4d", base_lr=0.01),
-    "retinanet_x101_32x4d_fpn": ModelSpec("retinanet", "x101_32x4d", base_lr=0.01),
+# Base learning rate per 16 images, per family (mmdet configs; RetinaNet's is 0.01).
+_FAMILY_BASE_LR: dict[str, float] = {"retinanet": 0.01}
+
+# Every detector family on every ResNet backbone...
+RESNET_BACKBONES = ("r50", "r101", "x50_32x4d", "x101_32x4d", "slim")
+# ...with these defaults on top of the slim ones on the slim backbone:
+_SLIM_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     # from scratch, a 64-channel head learns only with Kaiming-initialised towers
-    "retinanet_slim_fpn": ModelSpec(
-        "retinanet", "slim", {**SLIM_DEFAULTS, "tower_init": "kaiming"}, base_lr=0.01
-    ),
-    "cascade_rcnn_r50_fpn": ModelSpec("cascade_rcnn", "r50"),
-    "cascade_rcnn_r101_fpn": ModelSpec("cascade_rcnn", "r101"),
-    "cascade_rcnn_x50_32x4d_fpn": ModelSpec("cascade_rcnn", "x50_32x4d"),
-    "cascade_rcnn_x101_32x4d_fpn": ModelSpec("cascade_rcnn", "x101_32x4d"),
-    "cascade_rcnn_slim_fpn": ModelSpec("cascade_rcnn", "slim", SLIM_DEFAULTS),
-    "cascade_mask_rcnn_r50_fpn": ModelSpec("cascade_mask_rcnn", "r50"),
-    "cascade_mask_rcnn_r101_fpn": ModelSpec("cascade_mask_rcnn", "r101"),
-    "cascade_mask_rcnn_x50_32x4d_fpn": ModelSpec("cascade_mask_rcnn", "x50_32x4d"),
-    "cascade_mask_rcnn_x101_32x4d_fpn": ModelSpec("cascade_mask_rcnn", "x101_32x4d"),
-    "cascade_mask_rcnn_slim_fpn": ModelSpec("cascade_mask_rcnn", "slim", SLIM_DEFAULTS),
-    # FishNet paper (the talk's COCO table: Mask R-CNN with FishNet-188)
-    "mask_rcnn_fishnet188_fpn": ModelSpec("mask_rcnn", "fishnet188"),
-    "faster_rcnn_fishnet99_fpn": ModelSpec("faster_rcnn", "fishnet99"),
-    "faster_rcnn_fishnet150_fpn": ModelSpec("faster_rcnn", "fishnet150"),
-    "mask_rcnn_fishnet_slim_fpn": ModelSpec("mask_rcnn", "fishnet_slim", SLIM_DEFAULTS),
-    "faster_rcnn_fishnet_slim_fpn": ModelSpec("faster_rcnn", "fishnet_slim", SLIM_DEFAULTS),
+    "retinanet": {"tower_init": "kaiming"},
 }
 
 
-def _classifier(fn_name: str) -> Callable[..., nn.Module]:
-    """An image classifier builder ``f(num_classes=1000, **kwargs)`` of glimpse.classification,
-    imported when first called."""
+def _spec(family: str, backbone: str) -> ModelSpec:
+    """Row of ``family`` on ``backbone``: slim defaults on slim backbones, the family's lr."""
+    defaults: dict[str, Any] = {}
+    if backbone.endswith("slim"):
+        defaults = {**SLIM_DEFAULTS, **_SLIM_FAMILY_DEFAULTS.get(family, {})}
+    return ModelSpec(family, backbone, defaults, base_lr=_FAMILY_BASE_LR.get(family, 0.02))
 
-    def build_classifier(num_classes: int = 1000, **kwargs: Any) -> nn.Module:
-        from glimpse import classification
 
-        return getattr(classification, fn_name)(num_classes, **kwargs)
-
-    return build_classifier
+# name -> spec.
+MODELS: dict[str, ModelSpec] = {
+    **{f"{family}_{backbone}_fpn": _spec(family, backbone)
+       for family in DETECTORS for backbone in RESNET_BACKBONES},
+    # FishNet paper (the talk's COCO table: Mask R-CNN with FishNet-188)
+    **{f"{family}_{backbone}_fpn": _spec(family, backbone)
+       for family, backbone in (("mask_rcnn", "fishnet188"), ("faster_rcnn", "fishnet99"),
+                                ("faster_rcnn", "fishnet150"), ("mask_rcnn", "fishnet_slim"),
+                                ("faster_rcnn", "fishnet_slim"))},
+}
 
 
 # Image classifiers (``glimpse.classification.ImageClassifier``; default 1000 classes).
 CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
-    "fishnet99": _classifier("fishnet99_classifier"),
-    "fishnet150": _classifier("fishnet150_classifier"),
-    "fishnet201": _classifier("fishnet201_classifier"),
-    "resnet50_cls": _classifier("resnet50_classifier"),
-    "resnet101_cls": _classifier("resnet101_classifier"),
-    "resnet152_cls": _classifier("resnet152_classifier"),
+    name: _lazy_builder("glimpse.classification", fn_name)
+    for name, fn_name in (("fishnet99", "fishnet99_classifier"),
+                          ("fishnet150", "fishnet150_classifier"),
+                          ("fishnet201", "fishnet201_classifier"),
+                          ("resnet50_cls", "resnet50_classifier"),
+                          ("resnet101_cls", "resnet101_classifier"),
+                          ("resnet152_cls", "resnet152_classifier"))
 }
 
 

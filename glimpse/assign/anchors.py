@@ -112,7 +112,7 @@ class AnchorGenerator:
     def valid_flags(
         self,
         feature_sizes: Sequence[tuple[int, int]],
-        pad_shape: tuple[int, int],
+        pad_size: tuple[int, int],
         device: torch.device | str = "cpu",
     ) -> list[Tensor]:
         """Which anchors sit on feature locations inside one image's padded extent.
@@ -122,7 +122,8 @@ class AnchorGenerator:
 
         Args:
             feature_sizes: (height, width) of each level's (batch) feature map.
-            pad_shape: (height, width) of this image padded to the size divisor.
+            pad_size: (height, width) of this image padded to the size divisor (mmdet
+                ``pad_shape``).
             device: where to create the flags.
 
         Returns:
@@ -131,8 +132,8 @@ class AnchorGenerator:
         self._check_levels(feature_sizes)
         flags = []
         for stride, (h, w) in zip(self.strides, feature_sizes):
-            valid_h = min(math.ceil(pad_shape[0] / stride), int(h))
-            valid_w = min(math.ceil(pad_shape[1] / stride), int(w))
+            valid_h = min(math.ceil(pad_size[0] / stride), int(h))
+            valid_w = min(math.ceil(pad_size[1] / stride), int(w))
             valid_y = torch.arange(int(h), device=device) < valid_h
             valid_x = torch.arange(int(w), device=device) < valid_w
             valid = (valid_y[:, None] & valid_x[None, :]).reshape(-1)  # [H*W]

@@ -92,13 +92,15 @@ def _eval_cases(names: Sequence[str], image: Tensor) -> list[BenchCase]:
     from torchvision.ops import MultiScaleRoIAlign
 
     from glimpse import zoo
+    from glimpse.detectors.two_stage import RCNNConfig, RPNConfig
     from glimpse.heads.retina import RetinaTestConfig
     from glimpse.heads.roi_box import RCNNTestConfig
     from glimpse.heads.rpn import ProposalConfig
 
     h, w = image.shape[-2:]
-    rcnn = dict(rcnn_test=RCNNTestConfig(score_thr=0.0, nms_iou=0.5, max_per_image=100),
-                rpn_test_proposals=ProposalConfig(nms_pre=1000, max_per_image=1000))
+    rcnn = dict(
+        rcnn_cfg=RCNNConfig(test=RCNNTestConfig(score_thr=0.0, nms_iou=0.5, max_per_image=100)),
+        rpn_cfg=RPNConfig(test_proposals=ProposalConfig(nms_pre=1000, max_per_image=1000)))
     retina = RetinaTestConfig(nms_pre=1000, score_thr=0.0, nms_iou=0.5, max_per_image=100)
     # torchvision counts the background class in two-stage models (81 = 80 + 1), not in
     # RetinaNet, so both sides predict 80 foreground classes.

@@ -7,15 +7,17 @@ With a ResNet-50 backbone the model has 37,968,692 parameters, as mmdet's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from torch import Tensor, nn
 
 from glimpse.assign import AnchorGenerator
-from glimpse.preprocess import DetectionPreprocessor
+from glimpse.detectors.parts import check_part
+from glimpse.heads.base import DenseHead
 from glimpse.heads.retina import RetinaHead, RetinaTestConfig
 from glimpse.necks.fpn import FPN
+from glimpse.preprocess import DetectionPreprocessor
 from glimpse.structures import Detection, Target
 
 __all__ = ["RetinaNet", "retinanet"]
@@ -26,8 +28,9 @@ class RetinaNet(nn.Module):
 
     Args:
         backbone: module returning the ``c2..c5`` feature dict.
-        neck: FPN over the backbone maps (returns P3..P7).
-        head: dense head with ``forward`` / ``loss`` / ``predict``.
+        neck: module mapping the backbone maps to pyramid levels, finest first (P3..P7).
+        head: any :class:`~glimpse.heads.base.DenseHead` (RetinaNet's, GA-RetinaNet's);
+            its raw output is passed back to it untouched.
         preprocessor: resize / normalise / pad and the inverse mapping.
     """
 
@@ -35,7 +38,7 @@ class RetinaNet(nn.Module):
         self,
         backbone: nn.Module,
         neck: nn.Module,
-        head: RetinaHead,
+        head: DenseHead,
         preprocessor: DetectionPreprocessor,
     ) -> None:
         super().__init__()
@@ -59,16 +62,19 @@ class RetinaNet(nn.Module):
                 ``labels`` 1..K, optional ``boxes_ignore``.
 
         Returns:
-            Train: ``{"loss_cls", "loss_box", "stats_num_pos"}``. Eval: one
-            :class:`~glimpse.structures.Detection` per image in original pixels.
+            Train: the head's loss dict (RetinaHead: ``{"loss_cls", "loss_box",
+            "stats_pos"}``). Eval: one :class:`~glimpse.structures.Detection` per image in
+            original pixels.
         """
         if self.training and targets is None:
             raise ValueError("RetinaNet in train mode needs targets (call model.eval() to detect)")
         batch = self.preprocessor(images, targets if self.training else None)
-        cls_logits, box_deltas = self.head(self.features(batch.tensor))
+        raw = self.head(self.features(batch.tensor))
+        anchors = self.head.get_anchors(raw, batch.image_sizes, batch.pad_sizes)
         if self.training:
-            return self.head.loss(cls_logits, box_deltas, batch.targets, batch.pad_sizes)
-        detections = self.head.predict(cls_logits, box_deltas, batch.image_sizes)
+            return self.head.loss(raw, anchors, batch.targets, batch.image_sizes,
+                                  batch.pad_sizes)
+        detections = self.head.predict(raw, anchors, batch.image_sizes)
         return self.preprocessor.postprocess(detections, batch)
 
 
@@ -80,10 +86,12 @@ def retinanet(
     size_divisor: int = 32,
     fpn_channels: int = 256,
     upsampler: Callable[[int], nn.Module] | None = None,
-    stacked_convs: int = 4,
-    test_cfg: RetinaTestConfig = RetinaTestConfig(),
-    loss_weights: dict[str, float] | None = None,
-    tower_init: Literal["normal", "kaiming"] = "normal",
+    neck: nn.Module | None = None,
+    head: DenseHead | None = None,
+    stacked_convs: int | None = None,
+    test_cfg: RetinaTestConfig | None = None,
+    loss_weights: Mapping[str, float] | None = None,
+    tower_init: Literal["normal", "kaiming"] | None = None,
     anchor_generator: AnchorGenerator | None = None,
 ) -> RetinaNet:
     """RetinaNet with mmdet v2's defaults on any backbone of the C2..C5 contract.
@@ -91,40 +99,39 @@ def retinanet(
     FPN uses C3..C5 (``start_level=1``) plus two stride-2 convs, the first on C5
     (``add_extra="conv_on_input"``), for P3..P7 at strides 8..128.
 
+    Parts can be passed in ready-made (GA-RetinaNet passes its head, CARAFE its neck); the
+    settings of a part passed in are not used, and giving both raises ``ValueError``.
+
     Args:
         backbone: e.g. :func:`glimpse.backbones.resnet50`.
-        num_classes: K foreground classes.
+        num_classes: K foreground classes (of the default head).
         image_scale: (long, short) edge bound of the internal resize.
         size_divisor: padding multiple of the batch.
         fpn_channels: FPN and head tower width (256; 64 for the slim smoke model).
-        upsampler: FPN top-down upsampler factory (default nearest).
-        stacked_convs: convs per head tower.
-        test_cfg: inference thresholds.
-        loss_weights: multipliers per loss key.
-        tower_init: head tower init, ``"normal"`` (mmdet) or ``"kaiming"`` (narrow heads
-            trained from scratch; see :class:`~glimpse.heads.retina.RetinaHead`).
+        upsampler: FPN top-down upsampler factory (default nearest). Neck setting.
+        neck: a ready neck returning 5 levels of strides 8..128 (replaces the FPN).
+        head: a ready :class:`~glimpse.heads.base.DenseHead` (replaces the RetinaHead).
+        stacked_convs: convs per head tower (4). Head setting.
+        test_cfg: inference thresholds (:class:`RetinaTestConfig`). Head setting.
+        loss_weights: multiplier per loss key. Head setting.
+        tower_init: head tower init, ``"normal"`` (mmdet, default) or ``"kaiming"`` (narrow
+            heads trained from scratch; see :class:`~glimpse.heads.retina.RetinaHead`). Head
+            setting.
         anchor_generator: anchors on P3..P7; default
             :func:`~glimpse.heads.retina.retina_anchor_generator` (32 to 813 px). Small
-            inputs with small objects may want a smaller ``octave_base_scale``.
+            inputs with small objects may want a smaller ``octave_base_scale``. Head setting.
     """
-    in_channels = list(backbone.out_channels.values())
-    neck = FPN(
-        in_channels,
-        fpn_channels,
-        num_outs=5,
-        add_extra="conv_on_input",
-        upsampler=upsampler,
-        start_level=1,
-    )
-    head = RetinaHead(
-        num_classes,
-        in_channels=fpn_channels,
-        feat_channels=fpn_channels,
-        stacked_convs=stacked_convs,
-        test_cfg=test_cfg,
-        loss_weights=loss_weights,
-        tower_init=tower_init,
-        anchor_generator=anchor_generator,
-    )
+    head_settings = {"stacked_convs": stacked_convs, "test_cfg": test_cfg,
+                     "loss_weights": loss_weights, "tower_init": tower_init,
+                     "anchor_generator": anchor_generator}
+    check_part("neck", neck, upsampler=upsampler)
+    check_part("head", head, **head_settings)
+    if neck is None:
+        neck = FPN(list(backbone.out_channels.values()), fpn_channels, num_outs=5,
+                   add_extra="conv_on_input", upsampler=upsampler, start_level=1)
+    if head is None:
+        given = {k: v for k, v in head_settings.items() if v is not None}
+        head = RetinaHead(num_classes, in_channels=fpn_channels, feat_channels=fpn_channels,
+                          **given)
     preprocessor = DetectionPreprocessor(image_scale=image_scale, size_divisor=size_divisor)
     return RetinaNet(backbone, neck, head, preprocessor)

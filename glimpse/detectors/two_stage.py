@@ -18,11 +18,13 @@ Settings that differ between mmdet versions follow the v2/v3 configs:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
+from glimpse.detectors.parts import check_part
+from glimpse.heads.base import DenseHead
 from glimpse.heads.cascade import CASCADE_IOUS, CASCADE_STDS, CascadeRoIHead
 from glimpse.heads.roi_box import BoxHead, RCNNTestConfig, RCNNTrainConfig
 from glimpse.heads.roi_mask import FCNMaskHead
@@ -33,6 +35,10 @@ from glimpse.preprocess import DetectionPreprocessor, ImageBatch
 from glimpse.structures import Detection, Target
 
 __all__ = [
+    "CASCADE_RPN",
+    "RCNNConfig",
+    "RPNConfig",
+    "RPN_ALONE",
     "TwoStageDetector",
     "faster_rcnn",
     "mask_rcnn",
@@ -55,11 +61,8 @@ class TwoStageDetector(nn.Module):
         backbone: module returning the ``c2..c5`` feature dict.
         neck: FPN (or any module mapping the backbone maps to a list of levels, finest first;
             the RPN uses all of them, the RoI extractors the first four).
-        rpn_head: :class:`~glimpse.heads.rpn.RPNHead` or None. Any proposal head with the same
-            four calls fits (guided anchoring's GA-RPN): ``raw = head(feats)``,
-            ``anchors = head.get_anchors(raw)``, ``head.loss(raw, anchors, targets,
-            image_sizes, pad_sizes) -> dict`` and ``head.predict(raw, anchors, image_sizes)
-            -> list[(boxes, scores)]``.
+        rpn_head: any :class:`~glimpse.heads.base.DenseHead` whose detections are proposals
+            (:class:`~glimpse.heads.rpn.RPNHead`, guided anchoring's GA-RPN), or None.
         roi_head: :class:`~glimpse.heads.cascade.CascadeRoIHead` (or a subclass such as HTC's)
             or None; called as ``loss(feats, proposals, targets, image_sizes)`` and
             ``predict(feats, proposals, image_sizes)``.
@@ -70,7 +73,7 @@ class TwoStageDetector(nn.Module):
         self,
         backbone: nn.Module,
         neck: nn.Module,
-        rpn_head: RPNHead | None,
+        rpn_head: DenseHead | None,
         roi_head: CascadeRoIHead | None,
         preprocessor: DetectionPreprocessor,
     ) -> None:
@@ -128,7 +131,7 @@ class TwoStageDetector(nn.Module):
             props = list(batch.proposals)
             return {}, props, [p.new_ones(p.shape[0]) for p in props]
         raw = self.rpn_head(feats)
-        anchors = self.rpn_head.get_anchors(raw)
+        anchors = self.rpn_head.get_anchors(raw, batch.image_sizes, batch.pad_sizes)
         losses = {}
         if self.training:
             losses = self.rpn_head.loss(raw, anchors, batch.targets, batch.image_sizes,
@@ -136,7 +139,7 @@ class TwoStageDetector(nn.Module):
         if self.roi_head is None and self.training:
             return losses, [], []
         found = self.rpn_head.predict(raw, anchors, batch.image_sizes)
-        return losses, [b for b, _ in found], [s for _, s in found]
+        return losses, [d["boxes"] for d in found], [d["scores"] for d in found]
 
     def _losses(self, feats: list[Tensor], batch: ImageBatch) -> dict[str, Tensor]:
         losses, props, _ = self._proposals(feats, batch)
@@ -153,21 +156,144 @@ class TwoStageDetector(nn.Module):
         return self.roi_head.predict(feats, props, batch.image_sizes)
 
 
+# ------------------------------------------------------------------------------- recipes
+@dataclass(frozen=True)
+class RPNConfig:
+    """The RPN settings of a two-stage builder (mmdet v2 ``train_cfg.rpn``, ``rpn_proposal``,
+    ``test_cfg.rpn`` and the RPN's box loss).
+
+    Attributes:
+        train: anchor assignment and sampling.
+        train_proposals: proposals fed to the R-CNN in training.
+        test_proposals: proposals at inference.
+        box_loss_beta: SmoothL1 beta of the RPN box loss (0 = L1, v2/v3; v1 used 1/9).
+    """
+
+    train: RPNTrainConfig = RPNTrainConfig()
+    train_proposals: ProposalConfig = ProposalConfig(nms_pre=2000, max_per_image=1000)
+    test_proposals: ProposalConfig = ProposalConfig(nms_pre=1000, max_per_image=1000)
+    box_loss_beta: float = 0.0
+
+
+@dataclass(frozen=True)
+class RCNNConfig:
+    """The R-CNN settings of a two-stage builder (mmdet v2 ``train_cfg.rcnn`` and
+    ``test_cfg.rcnn``); cascades derive each stage's assigner IoUs from ``train``.
+
+    Attributes:
+        train: proposal assignment and sampling.
+        test: detection post-processing.
+    """
+
+    train: RCNNTrainConfig = RCNNTrainConfig()
+    test: RCNNTestConfig = RCNNTestConfig()
+
+
+# Cascade R-CNN / HTC: the R-CNN trains on 2000 proposals, the RPN regresses with SmoothL1 1/9.
+CASCADE_RPN = RPNConfig(train_proposals=ProposalConfig(nms_pre=2000, max_per_image=2000),
+                        box_loss_beta=1 / 9)
+# The RPN alone is evaluated on 1000 of 2000 pre-NMS proposals per level (mmdet v2 rpn config).
+RPN_ALONE = RPNConfig(test_proposals=ProposalConfig(nms_pre=2000, max_per_image=1000))
+
+
 # ------------------------------------------------------------------------------- builders
-def _fpn(backbone: nn.Module, channels: int, upsampler: Callable[[int], nn.Module] | None
-         ) -> FPN:
-    """mmdet's Faster R-CNN FPN: C2..C5 -> P2..P6, P6 a stride-2 subsample of P5."""
+# A builder builds each part it is not given. Settings used only to build a part default to
+# None (the documented value is filled in here), so that passing the part and its settings
+# together is caught by :func:`check_part`.
+def _neck(*, neck: nn.Module | None, backbone: nn.Module, channels: int,
+          upsampler: Callable[[int], nn.Module] | None) -> nn.Module:
+    """The given neck, or mmdet's Faster R-CNN FPN: C2..C5 -> P2..P6, P6 a stride-2 subsample
+    of P5."""
+    check_part("neck", neck, upsampler=upsampler)
+    if neck is not None:
+        return neck
     return FPN(list(backbone.out_channels.values()), channels, num_outs=5, add_extra="maxpool",
                upsampler=upsampler)
 
 
-def _rpn_head(channels: int, box_loss_beta: float, train_proposals: ProposalConfig,
-              test_proposals: ProposalConfig, train_cfg: RPNTrainConfig) -> RPNHead:
-    return RPNHead(channels, channels, train_cfg=train_cfg, train_proposals=train_proposals,
-                   test_proposals=test_proposals, box_loss_beta=box_loss_beta)
+def _rpn_head(*, rpn_head: DenseHead | None, channels: int, rpn_cfg: RPNConfig | None,
+              default: RPNConfig) -> DenseHead:
+    """The given proposal head, or an :class:`RPNHead` of ``rpn_cfg`` (else ``default``)."""
+    check_part("rpn_head", rpn_head, rpn_cfg=rpn_cfg)
+    if rpn_head is not None:
+        return rpn_head
+    cfg = rpn_cfg or default
+    return RPNHead(channels, channels, train_cfg=cfg.train, train_proposals=cfg.train_proposals,
+                   test_proposals=cfg.test_proposals, box_loss_beta=cfg.box_loss_beta)
 
 
-def _detector(backbone, neck, rpn_head, roi_head, image_scale, size_divisor) -> TwoStageDetector:
+def _standard_roi_head(
+    *,
+    roi_head: CascadeRoIHead | None,
+    num_classes: int,
+    channels: int,
+    rcnn_cfg: RCNNConfig | None,
+    fc_channels: int | None,
+    target_stds: Sequence[float] | None,
+    box_loss_beta: float | None,
+    with_mask: bool,
+    mask_upsampler: Callable[[int], nn.Module] | None,
+) -> CascadeRoIHead:
+    """The given RoI head, or Faster / Mask R-CNN's one-stage head."""
+    check_part("roi_head", roi_head, rcnn_cfg=rcnn_cfg, fc_channels=fc_channels,
+               target_stds=target_stds, box_loss_beta=box_loss_beta,
+               mask_upsampler=mask_upsampler)
+    if roi_head is not None:
+        return roi_head
+    cfg = rcnn_cfg or RCNNConfig()
+    box_head = BoxHead(num_classes, channels,
+                       fc_channels=1024 if fc_channels is None else fc_channels,
+                       target_stds=(0.1, 0.1, 0.2, 0.2) if target_stds is None else target_stds,
+                       box_loss_beta=0.0 if box_loss_beta is None else box_loss_beta)
+    mask_head = (FCNMaskHead(num_classes, channels, channels, upsampler=mask_upsampler)
+                 if with_mask else None)
+    return StandardRoIHead(box_head, cfg.train, cfg.test, mask_head=mask_head)
+
+
+def _cascade_roi_head(
+    *,
+    roi_head: CascadeRoIHead | None,
+    num_classes: int,
+    channels: int,
+    rcnn_cfg: RCNNConfig | None,
+    fc_channels: int | None,
+    stage_ious: Sequence[float] | None,
+    stage_stds: Sequence[Sequence[float]] | None,
+    stage_loss_weights: Sequence[float] | None,
+    box_loss_beta: float | None,
+    with_mask: bool,
+    mask_upsampler: Callable[[int], nn.Module] | None,
+) -> CascadeRoIHead:
+    """The given RoI head, or Cascade (Mask) R-CNN's three class-agnostic stages."""
+    check_part("roi_head", roi_head, rcnn_cfg=rcnn_cfg, fc_channels=fc_channels,
+               stage_ious=stage_ious, stage_stds=stage_stds,
+               stage_loss_weights=stage_loss_weights, box_loss_beta=box_loss_beta,
+               mask_upsampler=mask_upsampler)
+    if roi_head is not None:
+        return roi_head
+    cfg = rcnn_cfg or RCNNConfig()
+    stage_ious = CASCADE_IOUS if stage_ious is None else stage_ious
+    stage_stds = CASCADE_STDS if stage_stds is None else stage_stds
+    stage_loss_weights = (1.0, 0.5, 0.25) if stage_loss_weights is None else stage_loss_weights
+    if not len(stage_ious) == len(stage_stds) == len(stage_loss_weights):
+        raise ValueError("stage_ious, stage_stds and stage_loss_weights need one entry per stage")
+    beta = 1.0 if box_loss_beta is None else box_loss_beta
+    fc_channels = 1024 if fc_channels is None else fc_channels
+    box_heads = [BoxHead(num_classes, channels, fc_channels=fc_channels, class_agnostic=True,
+                         target_stds=stds, box_loss_beta=beta) for stds in stage_stds]
+    train_cfgs = [replace(cfg.train, pos_iou_thr=iou, neg_iou_thr=iou, min_pos_iou=iou)
+                  for iou in stage_ious]
+    mask_heads = None
+    if with_mask:
+        mask_heads = [FCNMaskHead(num_classes, channels, channels, upsampler=mask_upsampler)
+                      for _ in stage_ious]
+    return CascadeRoIHead(box_heads, train_cfgs, stage_loss_weights, mask_heads=mask_heads,
+                          test_cfg=cfg.test)
+
+
+def _detector(*, backbone: nn.Module, neck: nn.Module, rpn_head: DenseHead | None,
+              roi_head: CascadeRoIHead | None, image_scale: tuple[int, int],
+              size_divisor: int) -> TwoStageDetector:
     return TwoStageDetector(backbone, neck, rpn_head, roi_head,
                             DetectionPreprocessor(image_scale=image_scale,
                                                   size_divisor=size_divisor))
@@ -178,48 +304,52 @@ def faster_rcnn(
     num_classes: int = 80,
     *,
     fpn_channels: int = 256,
-    fc_channels: int = 1024,
     image_scale: tuple[int, int] = (1333, 800),
     size_divisor: int = 32,
-    upsampler: Callable[[int], nn.Module] | None = None,
     neck: nn.Module | None = None,
-    rpn_train: RPNTrainConfig = RPNTrainConfig(),
-    rpn_train_proposals: ProposalConfig = ProposalConfig(nms_pre=2000, max_per_image=1000),
-    rpn_test_proposals: ProposalConfig = ProposalConfig(nms_pre=1000, max_per_image=1000),
-    rcnn_train: RCNNTrainConfig = RCNNTrainConfig(),
-    rcnn_test: RCNNTestConfig = RCNNTestConfig(),
-    target_stds: Sequence[float] = (0.1, 0.1, 0.2, 0.2),
-    rpn_box_loss_beta: float = 0.0,
-    box_loss_beta: float = 0.0,
+    upsampler: Callable[[int], nn.Module] | None = None,
+    rpn_head: DenseHead | None = None,
+    rpn_cfg: RPNConfig | None = None,
+    roi_head: CascadeRoIHead | None = None,
+    rcnn_cfg: RCNNConfig | None = None,
+    fc_channels: int | None = None,
+    target_stds: Sequence[float] | None = None,
+    box_loss_beta: float | None = None,
 ) -> TwoStageDetector:
     """Faster R-CNN with FPN (mmdet ``faster-rcnn_r50_fpn_1x``).
 
+    Parts can be passed in ready-made, e.g. GA-Faster R-CNN passes its GA-RPN as ``rpn_head``,
+    CARAFE its ``neck``, HTC its ``roi_head``. The settings of a part passed in are not used,
+    and passing both raises ``ValueError``; settings marked (neck), (RPN) or (R-CNN) belong to
+    that part.
+
     Args:
         backbone: module of the C2..C5 contract (``out_channels`` dict).
-        num_classes: K foreground classes.
+        num_classes: K foreground classes (of the default RoI head).
         fpn_channels: FPN width, also the RPN and RoI feature width (256).
-        fc_channels: width of the box head's two FCs (1024).
         image_scale: (long, short) edge bound of the internal resize.
         size_divisor: padding multiple of the batch (32; 64 with CARAFE's FPN).
-        upsampler: FPN top-down upsampler factory (None: nearest).
         neck: a ready neck replacing the default FPN (e.g. mmdet's ``FPN_CARAFE`` layout); it
             must output ``fpn_channels`` channels on 5 levels of strides 4..64.
-        rpn_train: RPN anchor assignment and sampling.
-        rpn_train_proposals: proposals fed to the R-CNN in training.
-        rpn_test_proposals: proposals at inference.
-        rcnn_train: R-CNN proposal assignment and sampling.
-        rcnn_test: detection post-processing.
-        target_stds: R-CNN box coder stds (GA-Faster R-CNN uses 0.05, 0.05, 0.1, 0.1).
-        rpn_box_loss_beta: RPN SmoothL1 beta (0 = L1, v2/v3; v1 used 1/9).
-        box_loss_beta: R-CNN SmoothL1 beta (0 = L1, v2/v3; v1 used 1).
+        upsampler: (neck) FPN top-down upsampler factory (None: nearest).
+        rpn_head: a ready :class:`~glimpse.heads.base.DenseHead` proposing boxes.
+        rpn_cfg: (RPN) :class:`RPNConfig`; default ``RPNConfig()``.
+        roi_head: a ready RoI head (:class:`~glimpse.heads.cascade.CascadeRoIHead` or subclass).
+        rcnn_cfg: (R-CNN) :class:`RCNNConfig`; default ``RCNNConfig()``.
+        fc_channels: (R-CNN) width of the box head's two FCs (1024).
+        target_stds: (R-CNN) box coder stds (0.1, 0.1, 0.2, 0.2; GA-Faster R-CNN uses 0.05,
+            0.05, 0.1, 0.1).
+        box_loss_beta: (R-CNN) SmoothL1 beta (0 = L1, v2/v3; v1 used 1).
     """
-    neck = neck or _fpn(backbone, fpn_channels, upsampler)
-    rpn_head = _rpn_head(fpn_channels, rpn_box_loss_beta, rpn_train_proposals,
-                         rpn_test_proposals, rpn_train)
-    box_head = BoxHead(num_classes, fpn_channels, fc_channels=fc_channels,
-                       target_stds=target_stds, box_loss_beta=box_loss_beta)
-    roi_head = StandardRoIHead(box_head, rcnn_train, rcnn_test)
-    return _detector(backbone, neck, rpn_head, roi_head, image_scale, size_divisor)
+    neck = _neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
+    rpn_head = _rpn_head(rpn_head=rpn_head, channels=fpn_channels, rpn_cfg=rpn_cfg,
+                         default=RPNConfig())
+    roi_head = _standard_roi_head(
+        roi_head=roi_head, num_classes=num_classes, channels=fpn_channels, rcnn_cfg=rcnn_cfg,
+        fc_channels=fc_channels, target_stds=target_stds, box_loss_beta=box_loss_beta,
+        with_mask=False, mask_upsampler=None)
+    return _detector(backbone=backbone, neck=neck, rpn_head=rpn_head, roi_head=roi_head,
+                     image_scale=image_scale, size_divisor=size_divisor)
 
 
 def mask_rcnn(
@@ -227,34 +357,36 @@ def mask_rcnn(
     num_classes: int = 80,
     *,
     fpn_channels: int = 256,
-    fc_channels: int = 1024,
     image_scale: tuple[int, int] = (1333, 800),
     size_divisor: int = 32,
-    upsampler: Callable[[int], nn.Module] | None = None,
-    mask_upsampler: Callable[[int], nn.Module] | None = None,
     neck: nn.Module | None = None,
-    rpn_train: RPNTrainConfig = RPNTrainConfig(),
-    rpn_train_proposals: ProposalConfig = ProposalConfig(nms_pre=2000, max_per_image=1000),
-    rpn_test_proposals: ProposalConfig = ProposalConfig(nms_pre=1000, max_per_image=1000),
-    rcnn_train: RCNNTrainConfig = RCNNTrainConfig(),
-    rcnn_test: RCNNTestConfig = RCNNTestConfig(),
-    rpn_box_loss_beta: float = 0.0,
-    box_loss_beta: float = 0.0,
+    upsampler: Callable[[int], nn.Module] | None = None,
+    rpn_head: DenseHead | None = None,
+    rpn_cfg: RPNConfig | None = None,
+    roi_head: CascadeRoIHead | None = None,
+    rcnn_cfg: RCNNConfig | None = None,
+    fc_channels: int | None = None,
+    target_stds: Sequence[float] | None = None,
+    box_loss_beta: float | None = None,
+    mask_upsampler: Callable[[int], nn.Module] | None = None,
 ) -> TwoStageDetector:
     """Mask R-CNN with FPN (mmdet ``mask-rcnn_r50_fpn_1x``): Faster R-CNN plus a 4-conv FCN
     mask head on 14x14 RoIAlign features, 28x28 masks.
 
-    Args are those of :func:`faster_rcnn`, plus ``mask_upsampler``: the mask head's upsampler
-    factory (None: deconv + ReLU; the CARAFE paper injects CARAFE here).
+    Ready-made parts replace their settings as in :func:`faster_rcnn`.
+
+    Args are those of :func:`faster_rcnn`, plus ``mask_upsampler``: (R-CNN) the mask head's
+    upsampler factory (None: deconv + ReLU; the CARAFE paper injects CARAFE here).
     """
-    neck = neck or _fpn(backbone, fpn_channels, upsampler)
-    rpn_head = _rpn_head(fpn_channels, rpn_box_loss_beta, rpn_train_proposals,
-                         rpn_test_proposals, rpn_train)
-    box_head = BoxHead(num_classes, fpn_channels, fc_channels=fc_channels,
-                       box_loss_beta=box_loss_beta)
-    mask_head = FCNMaskHead(num_classes, fpn_channels, fpn_channels, upsampler=mask_upsampler)
-    roi_head = StandardRoIHead(box_head, rcnn_train, rcnn_test, mask_head=mask_head)
-    return _detector(backbone, neck, rpn_head, roi_head, image_scale, size_divisor)
+    neck = _neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
+    rpn_head = _rpn_head(rpn_head=rpn_head, channels=fpn_channels, rpn_cfg=rpn_cfg,
+                         default=RPNConfig())
+    roi_head = _standard_roi_head(
+        roi_head=roi_head, num_classes=num_classes, channels=fpn_channels, rcnn_cfg=rcnn_cfg,
+        fc_channels=fc_channels, target_stds=target_stds, box_loss_beta=box_loss_beta,
+        with_mask=True, mask_upsampler=mask_upsampler)
+    return _detector(backbone=backbone, neck=neck, rpn_head=rpn_head, roi_head=roi_head,
+                     image_scale=image_scale, size_divisor=size_divisor)
 
 
 def fast_rcnn(
@@ -262,26 +394,30 @@ def fast_rcnn(
     num_classes: int = 80,
     *,
     fpn_channels: int = 256,
-    fc_channels: int = 1024,
     image_scale: tuple[int, int] = (1333, 800),
     size_divisor: int = 32,
-    upsampler: Callable[[int], nn.Module] | None = None,
     neck: nn.Module | None = None,
-    rcnn_train: RCNNTrainConfig = RCNNTrainConfig(),
-    rcnn_test: RCNNTestConfig = RCNNTestConfig(),
-    target_stds: Sequence[float] = (0.1, 0.1, 0.2, 0.2),
-    box_loss_beta: float = 0.0,
+    upsampler: Callable[[int], nn.Module] | None = None,
+    roi_head: CascadeRoIHead | None = None,
+    rcnn_cfg: RCNNConfig | None = None,
+    fc_channels: int | None = None,
+    target_stds: Sequence[float] | None = None,
+    box_loss_beta: float | None = None,
 ) -> TwoStageDetector:
     """Fast R-CNN with FPN on precomputed proposals (mmdet ``fast-rcnn_r50_fpn_1x``; GA-Fast
     R-CNN trains it on GA-RPN proposals with IoU 0.6, 256 RoIs and stds 0.05/0.1).
 
-    Args are those of :func:`faster_rcnn` without the RPN settings.
+    Ready-made parts replace their settings as in :func:`faster_rcnn`.
+
+    Args are those of :func:`faster_rcnn` without the RPN ones.
     """
-    neck = neck or _fpn(backbone, fpn_channels, upsampler)
-    box_head = BoxHead(num_classes, fpn_channels, fc_channels=fc_channels,
-                       target_stds=target_stds, box_loss_beta=box_loss_beta)
-    roi_head = StandardRoIHead(box_head, rcnn_train, rcnn_test)
-    return _detector(backbone, neck, None, roi_head, image_scale, size_divisor)
+    neck = _neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
+    roi_head = _standard_roi_head(
+        roi_head=roi_head, num_classes=num_classes, channels=fpn_channels, rcnn_cfg=rcnn_cfg,
+        fc_channels=fc_channels, target_stds=target_stds, box_loss_beta=box_loss_beta,
+        with_mask=False, mask_upsampler=None)
+    return _detector(backbone=backbone, neck=neck, rpn_head=None, roi_head=roi_head,
+                     image_scale=image_scale, size_divisor=size_divisor)
 
 
 def rpn(
@@ -291,67 +427,30 @@ def rpn(
     fpn_channels: int = 256,
     image_scale: tuple[int, int] = (1333, 800),
     size_divisor: int = 32,
-    upsampler: Callable[[int], nn.Module] | None = None,
     neck: nn.Module | None = None,
-    rpn_train: RPNTrainConfig = RPNTrainConfig(),
-    rpn_test_proposals: ProposalConfig = ProposalConfig(nms_pre=2000, max_per_image=1000),
-    rpn_box_loss_beta: float = 0.0,
+    upsampler: Callable[[int], nn.Module] | None = None,
+    rpn_head: DenseHead | None = None,
+    rpn_cfg: RPNConfig | None = None,
 ) -> TwoStageDetector:
     """Region proposal network alone (mmdet ``rpn_r50_fpn_1x``): evaluation returns up to 1000
     proposals per image (labels 1) for average-recall measurements.
 
+    Ready-made parts replace their settings as in :func:`faster_rcnn`.
+
     Args:
         num_classes: ignored (proposals are class-agnostic); accepted so that every zoo
             builder has the same signature.
-        rpn_test_proposals: proposal settings of the evaluation (mmdet v2: 2000 pre-NMS per
-            level, 1000 kept; v1 and the GA-RPN configs keep 2000).
+        rpn_cfg: (RPN) default :data:`RPN_ALONE`: 2000 pre-NMS proposals per level, 1000 kept
+            (mmdet v2; v1 and the GA-RPN configs keep 2000). ``train_proposals`` is unused
+            (no R-CNN is fed).
 
     Other args are those of :func:`faster_rcnn`.
     """
-    neck = neck or _fpn(backbone, fpn_channels, upsampler)
-    rpn_head = _rpn_head(fpn_channels, rpn_box_loss_beta, rpn_test_proposals, rpn_test_proposals,
-                         rpn_train)
-    return _detector(backbone, neck, rpn_head, None, image_scale, size_divisor)
-
-
-def _cascade(
-    backbone: nn.Module,
-    num_classes: int,
-    with_mask: bool,
-    fpn_channels: int,
-    fc_channels: int,
-    image_scale: tuple[int, int],
-    size_divisor: int,
-    upsampler: Callable[[int], nn.Module] | None,
-    mask_upsampler: Callable[[int], nn.Module] | None,
-    neck: nn.Module | None,
-    stage_ious: Sequence[float],
-    stage_stds: Sequence[Sequence[float]],
-    stage_loss_weights: Sequence[float],
-    rpn_train: RPNTrainConfig,
-    rpn_train_proposals: ProposalConfig,
-    rpn_test_proposals: ProposalConfig,
-    rcnn_train: RCNNTrainConfig,
-    rcnn_test: RCNNTestConfig,
-    rpn_box_loss_beta: float,
-    box_loss_beta: float,
-) -> TwoStageDetector:
-    if not len(stage_ious) == len(stage_stds) == len(stage_loss_weights):
-        raise ValueError("stage_ious, stage_stds and stage_loss_weights need one entry per stage")
-    neck = neck or _fpn(backbone, fpn_channels, upsampler)
-    rpn_head = _rpn_head(fpn_channels, rpn_box_loss_beta, rpn_train_proposals,
-                         rpn_test_proposals, rpn_train)
-    box_heads = [BoxHead(num_classes, fpn_channels, fc_channels=fc_channels, class_agnostic=True,
-                         target_stds=stds, box_loss_beta=box_loss_beta) for stds in stage_stds]
-    train_cfgs = [replace(rcnn_train, pos_iou_thr=iou, neg_iou_thr=iou, min_pos_iou=iou)
-                  for iou in stage_ious]
-    mask_heads = None
-    if with_mask:
-        mask_heads = [FCNMaskHead(num_classes, fpn_channels, fpn_channels,
-                                  upsampler=mask_upsampler) for _ in stage_ious]
-    roi_head = CascadeRoIHead(box_heads, train_cfgs, stage_loss_weights, mask_heads=mask_heads,
-                              test_cfg=rcnn_test)
-    return _detector(backbone, neck, rpn_head, roi_head, image_scale, size_divisor)
+    neck = _neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
+    rpn_head = _rpn_head(rpn_head=rpn_head, channels=fpn_channels, rpn_cfg=rpn_cfg,
+                         default=RPN_ALONE)
+    return _detector(backbone=backbone, neck=neck, rpn_head=rpn_head, roi_head=None,
+                     image_scale=image_scale, size_divisor=size_divisor)
 
 
 def cascade_rcnn(
@@ -359,37 +458,47 @@ def cascade_rcnn(
     num_classes: int = 80,
     *,
     fpn_channels: int = 256,
-    fc_channels: int = 1024,
     image_scale: tuple[int, int] = (1333, 800),
     size_divisor: int = 32,
-    upsampler: Callable[[int], nn.Module] | None = None,
     neck: nn.Module | None = None,
-    stage_ious: Sequence[float] = CASCADE_IOUS,
-    stage_stds: Sequence[Sequence[float]] = CASCADE_STDS,
-    stage_loss_weights: Sequence[float] = (1.0, 0.5, 0.25),
-    rpn_train: RPNTrainConfig = RPNTrainConfig(),
-    rpn_train_proposals: ProposalConfig = ProposalConfig(nms_pre=2000, max_per_image=2000),
-    rpn_test_proposals: ProposalConfig = ProposalConfig(nms_pre=1000, max_per_image=1000),
-    rcnn_train: RCNNTrainConfig = RCNNTrainConfig(),
-    rcnn_test: RCNNTestConfig = RCNNTestConfig(),
-    rpn_box_loss_beta: float = 1 / 9,
-    box_loss_beta: float = 1.0,
+    upsampler: Callable[[int], nn.Module] | None = None,
+    rpn_head: DenseHead | None = None,
+    rpn_cfg: RPNConfig | None = None,
+    roi_head: CascadeRoIHead | None = None,
+    rcnn_cfg: RCNNConfig | None = None,
+    fc_channels: int | None = None,
+    stage_ious: Sequence[float] | None = None,
+    stage_stds: Sequence[Sequence[float]] | None = None,
+    stage_loss_weights: Sequence[float] | None = None,
+    box_loss_beta: float | None = None,
 ) -> TwoStageDetector:
     """Cascade R-CNN with FPN (mmdet ``cascade-rcnn_r50_fpn_1x``): three class-agnostic box
     stages at IoU 0.5 / 0.6 / 0.7 with shrinking coder stds and loss weights 1 / 0.5 / 0.25.
 
+    Ready-made parts replace their settings as in :func:`faster_rcnn`.
+
     Args:
-        stage_ious: positive = negative = min-positive IoU of each stage's assigner (the other
-            assignment / sampling settings come from ``rcnn_train``).
-        stage_stds: box coder stds of each stage.
-        stage_loss_weights: loss multiplier of each stage.
+        rpn_cfg: (RPN) default :data:`CASCADE_RPN` (2000 training proposals, SmoothL1 1/9).
+        stage_ious: (R-CNN) positive = negative = min-positive IoU of each stage's assigner
+            (the other assignment / sampling settings come from ``rcnn_cfg.train``); default
+            :data:`~glimpse.heads.cascade.CASCADE_IOUS`.
+        stage_stds: (R-CNN) box coder stds of each stage; default
+            :data:`~glimpse.heads.cascade.CASCADE_STDS`.
+        stage_loss_weights: (R-CNN) loss multiplier of each stage (1, 0.5, 0.25).
+        box_loss_beta: (R-CNN) SmoothL1 beta of the stages (1).
 
     Other args are those of :func:`faster_rcnn`.
     """
-    return _cascade(backbone, num_classes, False, fpn_channels, fc_channels, image_scale,
-                    size_divisor, upsampler, None, neck, stage_ious, stage_stds,
-                    stage_loss_weights, rpn_train, rpn_train_proposals, rpn_test_proposals,
-                    rcnn_train, rcnn_test, rpn_box_loss_beta, box_loss_beta)
+    neck = _neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
+    rpn_head = _rpn_head(rpn_head=rpn_head, channels=fpn_channels, rpn_cfg=rpn_cfg,
+                         default=CASCADE_RPN)
+    roi_head = _cascade_roi_head(
+        roi_head=roi_head, num_classes=num_classes, channels=fpn_channels, rcnn_cfg=rcnn_cfg,
+        fc_channels=fc_channels, stage_ious=stage_ious, stage_stds=stage_stds,
+        stage_loss_weights=stage_loss_weights, box_loss_beta=box_loss_beta, with_mask=False,
+        mask_upsampler=None)
+    return _detector(backbone=backbone, neck=neck, rpn_head=rpn_head, roi_head=roi_head,
+                     image_scale=image_scale, size_divisor=size_divisor)
 
 
 def cascade_mask_rcnn(
@@ -397,29 +506,36 @@ def cascade_mask_rcnn(
     num_classes: int = 80,
     *,
     fpn_channels: int = 256,
-    fc_channels: int = 1024,
     image_scale: tuple[int, int] = (1333, 800),
     size_divisor: int = 32,
-    upsampler: Callable[[int], nn.Module] | None = None,
-    mask_upsampler: Callable[[int], nn.Module] | None = None,
     neck: nn.Module | None = None,
-    stage_ious: Sequence[float] = CASCADE_IOUS,
-    stage_stds: Sequence[Sequence[float]] = CASCADE_STDS,
-    stage_loss_weights: Sequence[float] = (1.0, 0.5, 0.25),
-    rpn_train: RPNTrainConfig = RPNTrainConfig(),
-    rpn_train_proposals: ProposalConfig = ProposalConfig(nms_pre=2000, max_per_image=2000),
-    rpn_test_proposals: ProposalConfig = ProposalConfig(nms_pre=1000, max_per_image=1000),
-    rcnn_train: RCNNTrainConfig = RCNNTrainConfig(),
-    rcnn_test: RCNNTestConfig = RCNNTestConfig(),
-    rpn_box_loss_beta: float = 1 / 9,
-    box_loss_beta: float = 1.0,
+    upsampler: Callable[[int], nn.Module] | None = None,
+    rpn_head: DenseHead | None = None,
+    rpn_cfg: RPNConfig | None = None,
+    roi_head: CascadeRoIHead | None = None,
+    rcnn_cfg: RCNNConfig | None = None,
+    fc_channels: int | None = None,
+    stage_ious: Sequence[float] | None = None,
+    stage_stds: Sequence[Sequence[float]] | None = None,
+    stage_loss_weights: Sequence[float] | None = None,
+    box_loss_beta: float | None = None,
+    mask_upsampler: Callable[[int], nn.Module] | None = None,
 ) -> TwoStageDetector:
     """Cascade Mask R-CNN (mmdet ``cascade-mask-rcnn_r50_fpn_1x``): :func:`cascade_rcnn` with a
     mask head per stage, trained on each stage's positives; test masks average the stages.
 
+    Ready-made parts replace their settings as in :func:`faster_rcnn`.
+
     Args are those of :func:`cascade_rcnn`, plus ``mask_upsampler`` (see :func:`mask_rcnn`).
     """
-    return _cascade(backbone, num_classes, True, fpn_channels, fc_channels, image_scale,
-                    size_divisor, upsampler, mask_upsampler, neck, stage_ious, stage_stds,
-                    stage_loss_weights, rpn_train, rpn_train_proposals, rpn_test_proposals,
-                    rcnn_train, rcnn_test, rpn_box_loss_beta, box_loss_beta)
+    neck = _neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
+    rpn_head = _rpn_head(rpn_head=rpn_head, channels=fpn_channels, rpn_cfg=rpn_cfg,
+                         default=CASCADE_RPN)
+    roi_head = _cascade_roi_head(
+        roi_head=roi_head, num_classes=num_classes, channels=fpn_channels, rcnn_cfg=rcnn_cfg,
+        fc_channels=fc_channels, stage_ious=stage_ious, stage_stds=stage_stds,
+        stage_loss_weights=stage_loss_weights, box_loss_beta=box_loss_beta, with_mask=True,
+        mask_upsampler=mask_upsampler)
+    return _detector(backbone=backbone, neck=neck, rpn_head=rpn_head, roi_head=roi_head,
+                     image_scale=image_scale, size_divisor=size_divisor)
+

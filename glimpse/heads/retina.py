@@ -1,9 +1,11 @@
 """RetinaNet head (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017) with
 mmdetection v2's ``RetinaHead`` training and test settings.
 
-The head keeps three steps apart so that variants (GA-RetinaNet) can reuse them:
+The head speaks the dense-head protocol of :mod:`glimpse.heads.base`, so that variants
+(GA-RetinaNet) can reuse its steps:
 
 * :meth:`RetinaHead.forward` maps FPN levels to raw per-level classification / regression maps;
+* :meth:`RetinaHead.get_anchors` lays the anchor grid out and flags each image's valid anchors;
 * :meth:`RetinaHead.loss` assigns anchors to ground truth and returns the focal and L1 losses;
 * :meth:`RetinaHead.predict` decodes, filters and runs NMS per image.
 
@@ -18,7 +20,7 @@ NMS IoU 0.5, 100 detections per image.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,7 +28,13 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from glimpse.assign import AnchorGenerator, DeltaXYWHBoxCoder, MaxIoUAssigner
+from glimpse.assign import AnchorGenerator, DeltaXYWHBoxCoder, MaxIoUAssigner, anchor_targets
+from glimpse.heads.base import (
+    ImageAnchors,
+    check_loss_weights,
+    flatten_levels,
+    grid_anchors_per_image,
+)
 from glimpse.losses import l1_loss, sigmoid_focal_loss
 from glimpse.structures import Detection, Target
 
@@ -84,7 +92,7 @@ class RetinaHead(nn.Module):
         assigner: anchor assignment; default ``MaxIoUAssigner(0.5, 0.4, min_pos_iou=0)``.
         focal_alpha: focal-loss alpha (0.25).
         focal_gamma: focal-loss gamma (2.0).
-        loss_weights: multipliers per loss key (``loss_cls``, ``loss_box``), default 1.
+        loss_weights: multiplier per loss key (``loss_cls``, ``loss_box``), default 1.
         test_cfg: :class:`RetinaTestConfig`.
         prior_prob: initial foreground probability of the classifier.
         tower_init: ``"normal"``: normal(0, 0.01) tower convs (mmdet); ``"kaiming"``:
@@ -93,6 +101,8 @@ class RetinaHead(nn.Module):
             convs and the classifier barely learns (measured: an overfit of 4 synthetic images
             reaches AP 0.88 in 200 iterations with ``"kaiming"``, 0.0 in 300 with ``"normal"``).
     """
+
+    LOSS_KEYS = ("loss_cls", "loss_box")
 
     def __init__(
         self,
@@ -106,7 +116,7 @@ class RetinaHead(nn.Module):
         assigner: MaxIoUAssigner | None = None,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
-        loss_weights: dict[str, float] | None = None,
+        loss_weights: Mapping[str, float] | None = None,
         test_cfg: RetinaTestConfig = RetinaTestConfig(),
         prior_prob: float = 0.01,
         tower_init: Literal["normal", "kaiming"] = "normal",
@@ -122,7 +132,7 @@ class RetinaHead(nn.Module):
         )
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
-        self.loss_weights = dict(loss_weights or {})
+        self.loss_weights = check_loss_weights(loss_weights, self.LOSS_KEYS, "RetinaHead")
         self.test_cfg = test_cfg
         self.num_anchors = self.anchor_generator.num_base_anchors
 
@@ -157,7 +167,7 @@ class RetinaHead(nn.Module):
         # bias_init_with_prob(0.01) = -log(0.99 / 0.01) = -4.595
         nn.init.constant_(self.retina_cls.bias, -math.log((1 - self.prior_prob) / self.prior_prob))
 
-    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    def forward(self, features: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Raw per-level outputs.
 
         Args:
@@ -171,118 +181,83 @@ class RetinaHead(nn.Module):
         return cls_logits, box_deltas
 
     # ----------------------------------------------------------------------------------- anchors
-    def anchors(self, features: Sequence[Tensor]) -> list[Tensor]:
-        """Per-level anchors ``[H_l*W_l*A, 4]`` (xyxy, padded-batch pixels) for these maps."""
-        sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
-        return self.anchor_generator.grid_anchors(sizes, device=features[0].device)
-
-    def _flatten(self, maps: Sequence[Tensor], channels: int) -> Tensor:
-        """Per-level ``[B, A*C, H, W]`` -> ``[B, sum_l H*W*A, C]`` in the anchor order."""
-        out = []
-        for m in maps:
-            b, _, h, w = m.shape
-            # [B, A*C, H, W] -> [B, H, W, A*C] -> [B, H*W*A, C]
-            out.append(m.permute(0, 2, 3, 1).reshape(b, h * w * self.num_anchors, channels))
-        return torch.cat(out, dim=1)
+    def get_anchors(
+        self,
+        raw: tuple[list[Tensor], list[Tensor]],
+        image_sizes: Sequence[tuple[int, int]],
+        pad_sizes: Sequence[tuple[int, int]],
+    ) -> list[ImageAnchors]:
+        """Per image, per level ``[H_l*W_l*A, 4]`` grid anchors (xyxy, padded-batch pixels; one
+        grid shared by the batch) and the flags of those inside the image's padded extent."""
+        cls_logits = raw[0]
+        sizes = [(int(c.shape[-2]), int(c.shape[-1])) for c in cls_logits]
+        return grid_anchors_per_image(self.anchor_generator, sizes, pad_sizes,
+                                      cls_logits[0].device)
 
     # -------------------------------------------------------------------------------------- loss
     def loss(
         self,
-        cls_logits: list[Tensor],
-        box_deltas: list[Tensor],
+        raw: tuple[list[Tensor], list[Tensor]],
+        anchors: Sequence[ImageAnchors],
         targets: Sequence[Target],
-        pad_shapes: Sequence[tuple[int, int]],
+        image_sizes: Sequence[tuple[int, int]],
+        pad_sizes: Sequence[tuple[int, int]],
     ) -> dict[str, Tensor]:
         """Focal classification loss and L1 regression loss over all images.
 
+        Both are normalised by the positives of the batch, counting at least one per image
+        (mmdet v2 ``get_targets``).
+
         Args:
-            cls_logits: per level ``[B, A*K, H_l, W_l]`` from :meth:`forward`.
-            box_deltas: per level ``[B, A*4, H_l, W_l]``.
+            raw: ``(cls_logits, box_deltas)`` from :meth:`forward`.
+            anchors: output of :meth:`get_anchors`; anchors on feature locations beyond an
+                image's padded extent are not trained (mmdet ``valid_flags``,
+                ``allowed_border=-1``).
             targets: per image ``boxes`` (xyxy in the resized-image frame), ``labels`` 1..K and
                 optionally ``boxes_ignore``.
-            pad_shapes: per image (height, width) of the resized image padded to the size
-                divisor; anchors on feature locations beyond it are not trained (mmdet
-                ``valid_flags``, ``allowed_border=-1``).
+            image_sizes: per image (height, width) before padding (unused: every valid anchor
+                trains, mmdet's ``allowed_border=-1``).
+            pad_sizes: per image (height, width) padded to the size divisor (already folded
+                into the anchors' valid flags).
 
         Returns:
             ``{"loss_cls", "loss_box"}`` scalars (``loss_box`` is exactly 0 without positives)
-            and the detached diagnostic ``stats_num_pos``.
+            and the detached diagnostic ``stats_pos`` (positive anchors per image).
         """
-        device = cls_logits[0].device
-        anchors_per_level = self.anchors(cls_logits)
-        anchors = torch.cat(anchors_per_level)  # [N, 4]
-        sizes = [(int(c.shape[-2]), int(c.shape[-1])) for c in cls_logits]
-        logits = self._flatten(cls_logits, self.num_classes)  # [B, N, K]
-        deltas = self._flatten(box_deltas, 4)  # [B, N, 4]
-
-        cls_targets, cls_weights, box_targets, pos_masks = [], [], [], []
-        avg_factor = 0
-        for i, target in enumerate(targets):
-            valid = torch.cat(self.anchor_generator.valid_flags(sizes, pad_shapes[i], device))
-            labels_i, weights_i, box_t_i, pos_i = self._targets_single(anchors, valid, target)
-            cls_targets.append(labels_i)
-            cls_weights.append(weights_i)
-            box_targets.append(box_t_i)
-            pos_masks.append(pos_i)
-            # mmdet v2 ``get_targets`` counts max(#pos, 1) per image
-            avg_factor += max(int(pos_i.sum()), 1)
-
+        cls_logits, box_deltas = raw
+        logits = flatten_levels(cls_logits, self.num_classes)  # [B, N, K]
+        deltas = flatten_levels(box_deltas, 4)  # [B, N, 4]
+        per_image = []
+        for image_anchors, target in zip(anchors, targets):
+            flat_anchors, valid = image_anchors.flat()
+            per_image.append(anchor_targets(flat_anchors, valid, target, self.assigner,
+                                            self.box_coder))
+        labels = torch.stack([t.labels for t in per_image])  # [B, N] 0..K
+        pos_mask = labels > 0
         onehot = logits.new_zeros(logits.shape)  # [B, N, K]
-        for i, labels_i in enumerate(cls_targets):
-            pos = labels_i > 0
-            onehot[i, pos, labels_i[pos] - 1] = 1.0
-        weights = torch.stack(cls_weights)[..., None]  # [B, N, 1]
+        onehot[pos_mask, labels[pos_mask] - 1] = 1.0
+        weights = torch.stack([t.label_weights for t in per_image])[..., None]  # [B, N, 1]
+        avg_factor = sum(max(t.num_pos, 1) for t in per_image)
         loss_cls = sigmoid_focal_loss(
             logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma,
             weight=weights, avg_factor=avg_factor,
         )
-        pos_mask = torch.stack(pos_masks)  # [B, N]
-        pos_deltas = deltas[pos_mask]  # [P, 4]
-        pos_targets = torch.cat(box_targets)  # [P, 4] in the same (image, anchor) order
-        loss_box = l1_loss(pos_deltas, pos_targets, reduction="sum") / avg_factor
-        losses = {"loss_cls": loss_cls, "loss_box": loss_box}
-        losses = {k: v * self.loss_weights.get(k, 1.0) for k, v in losses.items()}
-        losses["stats_num_pos"] = torch.tensor(float(pos_mask.sum()), device=device)
-        return losses
-
-    @torch.no_grad()
-    def _targets_single(
-        self, anchors: Tensor, valid: Tensor, target: Target
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Targets of one image.
-
-        Returns:
-            labels int64[N] (1..K positives, 0 elsewhere), cls weights float[N] (1 on positive
-            and negative valid anchors, 0 on ignored or invalid ones), box targets [P, 4] of the
-            P positives in anchor order, and the bool[N] positive mask.
-        """
-        n = anchors.shape[0]
-        gt_boxes = target["boxes"].to(anchors)
-        gt_labels = target["labels"].to(anchors.device)
-        gt_ignore = target.get("boxes_ignore")
-        labels = torch.zeros(n, dtype=torch.long, device=anchors.device)
-        weights = torch.zeros(n, dtype=anchors.dtype, device=anchors.device)
-        result = self.assigner.assign(
-            anchors[valid], gt_boxes, gt_labels,
-            None if gt_ignore is None else gt_ignore.to(anchors),
-        )
-        valid_idx = valid.nonzero().squeeze(1)
-        labels[valid_idx] = result.labels
-        weights[valid_idx] = (result.gt_inds >= 0).to(weights.dtype)
-        pos = torch.zeros(n, dtype=torch.bool, device=anchors.device)
-        pos[valid_idx[result.gt_inds > 0]] = True
-        labels[~pos] = 0
-        pos_gt = gt_boxes[result.gt_inds[result.gt_inds > 0] - 1]
-        box_targets = self.box_coder.encode(anchors[pos], pos_gt)
-        return labels, weights, box_targets, pos
+        box_targets = torch.stack([t.box_targets for t in per_image])  # [B, N, 4]
+        loss_box = l1_loss(deltas[pos_mask], box_targets[pos_mask], reduction="sum") / avg_factor
+        num_pos = sum(t.num_pos for t in per_image)
+        return {
+            "loss_cls": loss_cls * self.loss_weights["loss_cls"],
+            "loss_box": loss_box * self.loss_weights["loss_box"],
+            "stats_pos": logits.new_tensor(num_pos / max(len(targets), 1)).detach(),
+        }
 
     # ------------------------------------------------------------------------------- inference
     @torch.no_grad()
     def predict(
         self,
-        cls_logits: list[Tensor],
-        box_deltas: list[Tensor],
-        image_shapes: Sequence[tuple[int, int]],
+        raw: tuple[list[Tensor], list[Tensor]],
+        anchors: Sequence[ImageAnchors],
+        image_sizes: Sequence[tuple[int, int]],
     ) -> list[Detection]:
         """Detections per image in the resized-image frame (before undoing the resize).
 
@@ -291,20 +266,21 @@ class RetinaHead(nn.Module):
         ``max_per_image`` (mmdet v2 ``filter_scores_and_topk`` + ``batched_nms``).
 
         Args:
-            cls_logits: per level ``[B, A*K, H_l, W_l]``.
-            box_deltas: per level ``[B, A*4, H_l, W_l]``.
-            image_shapes: per image (height, width) of the resized image (without padding).
+            raw: ``(cls_logits, box_deltas)``: per level ``[B, A*K, H_l, W_l]`` and
+                ``[B, A*4, H_l, W_l]``.
+            anchors: output of :meth:`get_anchors`.
+            image_sizes: per image (height, width) of the resized image (without padding).
 
         Returns:
             Per image ``{"boxes": [D, 4] xyxy, "scores": [D], "labels": [D] in 1..K}``, sorted
             by descending score.
         """
         cfg = self.test_cfg
-        anchors = self.anchors(cls_logits)
+        cls_logits, box_deltas = raw
         results: list[Detection] = []
-        for i, shape in enumerate(image_shapes):
+        for i, (image_anchors, shape) in enumerate(zip(anchors, image_sizes)):
             boxes_all, scores_all, labels_all = [], [], []
-            for logit, delta, anchor in zip(cls_logits, box_deltas, anchors):
+            for logit, delta, anchor in zip(cls_logits, box_deltas, image_anchors.anchors):
                 _, h, w = logit.shape[1:]
                 # Top-k of the raw logits first, then the threshold: the same set as threshold
                 # then top-k (sigmoid is monotonic) without a mask over all H*W*A*K scores.

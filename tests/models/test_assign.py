@@ -63,7 +63,7 @@ def test_grid_anchor_ordering_y_x_anchor():
 
 def test_valid_flags_cut_padding_of_smaller_image():
     gen = AnchorGenerator(strides=[4, 8], ratios=(1.0,), scales=(8,))
-    flags = gen.valid_flags([(8, 8), (4, 4)], pad_shape=(20, 32))
+    flags = gen.valid_flags([(8, 8), (4, 4)], pad_size=(20, 32))
     # stride 4: ceil(20/4)=5 valid rows of 8; stride 8: ceil(20/8)=3 rows of 4
     assert flags[0].view(8, 8)[:5].all() and not flags[0].view(8, 8)[5:].any()
     assert flags[1].view(4, 4)[:3].all() and not flags[1].view(4, 4)[3:].any()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from glimpse.assign import AnchorGenerator
+from glimpse.heads.base import flatten_levels
 from glimpse.heads.retina import RetinaHead, RetinaTestConfig, retina_anchor_generator
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "losses_retinanet.json"
@@ -28,6 +29,22 @@ def _small_head(num_classes=3, **kwargs) -> RetinaHead:
 
 def _features(batch=1, size=64, strides=(8, 16, 32, 64, 128), channels=8):
     return [torch.randn(batch, channels, -(-size // s), -(-size // s)) for s in strides]
+
+
+def _loss(head, cls, reg, targets, pad_sizes):
+    """The head's loss through the protocol (image sizes = padded sizes: unused by RetinaNet)."""
+    anchors = head.get_anchors((cls, reg), pad_sizes, pad_sizes)
+    return head.loss((cls, reg), anchors, targets, pad_sizes, pad_sizes)
+
+
+def _predict(head, cls, reg, image_sizes):
+    return head.predict((cls, reg), head.get_anchors((cls, reg), image_sizes, image_sizes),
+                        image_sizes)
+
+
+def _grid(head, cls, reg):
+    """Per-level grid anchors (the same for every image)."""
+    return head.get_anchors((cls, reg), [(1, 1)], [(1, 1)])[0].anchors
 
 
 # ------------------------------------------------------------------------------ construction
@@ -63,10 +80,10 @@ def test_empty_targets_give_cls_loss_and_zero_box_loss():
     head = _small_head()
     cls, reg = head(_features())
     target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
-    losses = head.loss(cls, reg, [target], [(64, 64)])
+    losses = _loss(head, cls, reg, [target], [(64, 64)])
     assert losses["loss_cls"] > 0
     assert losses["loss_box"] == 0
-    assert losses["stats_num_pos"] == 0
+    assert losses["stats_pos"] == 0
     (losses["loss_cls"] + losses["loss_box"]).backward()  # differentiable with no positives
     assert head.retina_reg.weight.grad is not None
 
@@ -77,9 +94,9 @@ def test_one_gt_gives_both_losses():
     cls, reg = head(_features(size=256))
     target = {"boxes": torch.tensor([[23.6667, 23.8757, 238.6326, 151.8874]]),
               "labels": torch.tensor([2])}
-    losses = head.loss(cls, reg, [target], [(256, 256)])
+    losses = _loss(head, cls, reg, [target], [(256, 256)])
     assert losses["loss_cls"] > 0 and losses["loss_box"] > 0
-    assert losses["stats_num_pos"] >= 1
+    assert losses["stats_pos"] >= 1
 
 
 def _iou(a, b):
@@ -143,8 +160,8 @@ def test_hand_made_assignment_matches_loop_reference():
          "labels": torch.tensor([2, 3])},
         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
     ]
-    pad_shapes = [(32, 32), (16, 32)]  # second image: rows 2..3 lie in the batch padding
-    losses = head.loss(cls, reg, targets, pad_shapes)
+    pad_sizes = [(32, 32), (16, 32)]  # second image: rows 2..3 lie in the batch padding
+    losses = _loss(head, cls, reg, targets, pad_sizes)
 
     anchors = gen.grid_anchors([(h, w)])[0].double().tolist()
     cls_total, box_total, avg = 0.0, 0.0, 0
@@ -152,7 +169,7 @@ def test_hand_made_assignment_matches_loop_reference():
     for i, t in enumerate(targets):
         logits = cls[0][i].permute(1, 2, 0).reshape(-1, num_classes).tolist()
         deltas = reg[0][i].permute(1, 2, 0).reshape(-1, 4).tolist()
-        valid = [j // w < pad_shapes[i][0] / 8 for j in range(h * w)]
+        valid = [j // w < pad_sizes[i][0] / 8 for j in range(h * w)]
         c, b, p, state = _reference_losses(logits, deltas, anchors, valid,
                                            t["boxes"].tolist(), t["labels"].tolist(),
                                            num_classes)
@@ -160,7 +177,7 @@ def test_hand_made_assignment_matches_loop_reference():
         states.append(state)
     # the case covers positives, negatives, ignored anchors and invalid (padding) anchors
     assert {-1, 0, 1, 2} <= set(states[0]) and states[1].count(-1) == 8
-    assert losses["stats_num_pos"] == sum(s > 0 for s in states[0])
+    assert losses["stats_pos"] == sum(s > 0 for s in states[0]) / 2  # per image
     torch.testing.assert_close(losses["loss_cls"].item(), cls_total / avg, rtol=1e-6, atol=0)
     torch.testing.assert_close(losses["loss_box"].item(), box_total / avg, rtol=1e-6, atol=0)
 
@@ -178,16 +195,16 @@ def test_loss_equals_torchvision_retinanet_loss():
     target = {"boxes": torch.tensor([[10.0, 20.0, 70.0, 90.0], [60.0, 5.0, 120.0, 40.0],
                                      [30.0, 30.0, 45.0, 50.0]]),
               "labels": torch.tensor([1, 4, 5])}
-    ours = head.loss(cls, reg, [target], [(128, 128)])
+    ours = _loss(head, cls, reg, [target], [(128, 128)])
 
-    anchors = torch.cat(head.anchors(cls))
-    outputs = {"cls_logits": head._flatten(cls, num_classes),
-               "bbox_regression": head._flatten(reg, 4)}
+    anchors = torch.cat(_grid(head, cls, reg))
+    outputs = {"cls_logits": flatten_levels(cls, num_classes),
+               "bbox_regression": flatten_levels(reg, 4)}
     matcher = det_utils.Matcher(0.5, 0.4, allow_low_quality_matches=True)
     matched = [matcher(box_iou(target["boxes"], anchors))]
     tv_targets = [{"boxes": target["boxes"], "labels": target["labels"] - 1}]  # 0-based columns
     theirs = RetinaNetHead(8, 9, num_classes).compute_loss(tv_targets, outputs, [anchors], matched)
-    assert ours["stats_num_pos"] == int((matched[0] >= 0).sum())
+    assert ours["stats_pos"] == int((matched[0] >= 0).sum())
     torch.testing.assert_close(ours["loss_cls"], theirs["classification"])
     torch.testing.assert_close(ours["loss_box"], theirs["bbox_regression"])
 
@@ -204,8 +221,8 @@ def test_ignore_regions_remove_anchors_from_training():
     reg = [torch.randn(1, 4, 4, 4)]
     target = {"boxes": torch.tensor([[0.0, 0.0, 16.0, 16.0]]), "labels": torch.tensor([1]),
               "boxes_ignore": torch.tensor([[16.0, 16.0, 40.0, 40.0]])}
-    with_ignore = head_ign.loss(cls, reg, [target], [(32, 32)])
-    without = head.loss(cls, reg, [target], [(32, 32)])
+    with_ignore = _loss(head_ign, cls, reg, [target], [(32, 32)])
+    without = _loss(head, cls, reg, [target], [(32, 32)])
     # negatives inside the crowd region drop out of the (positive-normalised) focal sum
     assert with_ignore["loss_cls"] < without["loss_cls"]
     torch.testing.assert_close(with_ignore["loss_box"], without["loss_box"])
@@ -216,7 +233,7 @@ def test_predict_contract():
     torch.manual_seed(0)
     head = _small_head(num_classes=4, test_cfg=RetinaTestConfig(score_thr=0.0, max_per_image=50))
     cls, reg = head(_features(batch=2, size=64))
-    dets = head.predict(cls, reg, [(64, 48), (40, 64)])
+    dets = _predict(head, cls, reg, [(64, 48), (40, 64)])
     assert len(dets) == 2
     for det, (h, w) in zip(dets, [(64, 48), (40, 64)]):
         assert set(det) == {"boxes", "scores", "labels"}
@@ -234,7 +251,7 @@ def _reference_predict(head, cls_logits, box_deltas, shape):
 
     cfg, k = head.test_cfg, head.num_classes
     boxes, scores, labels = [], [], []
-    for logit, delta, anchor in zip(cls_logits, box_deltas, head.anchors(cls_logits)):
+    for logit, delta, anchor in zip(cls_logits, box_deltas, _grid(head, cls_logits, box_deltas)):
         prob = logit[0].permute(1, 2, 0).reshape(-1, k).sigmoid()  # [H*W*A, K]
         deltas = delta[0].permute(1, 2, 0).reshape(-1, 4)
         cand = [(float(prob[j, c]), j, c) for j in range(prob.shape[0]) for c in range(k)
@@ -258,7 +275,7 @@ def test_predict_matches_threshold_then_topk_reference():
     reg = [torch.randn(1, 36, 8, 6) * 0.3, torch.randn(1, 36, 4, 3) * 0.3]
     head.anchor_generator = AnchorGenerator(strides=[8, 16], ratios=(0.5, 1.0, 2.0),
                                             scales=(4.0, 5.0, 6.0))
-    det = head.predict(cls, reg, [(60, 44)])[0]
+    det = _predict(head, cls, reg, [(60, 44)])[0]
     boxes, scores, labels = _reference_predict(head, cls, reg, (60, 44))
     assert det["boxes"].shape[0] == 25
     torch.testing.assert_close(det["scores"], scores)
@@ -272,7 +289,7 @@ def test_predict_decodes_a_confident_anchor():
     cls = [torch.full((1, 2, 4, 4), -10.0)]
     cls[0][0, 1, 2, 1] = 5.0  # class 2 at row 2, column 1: anchor centred at (8, 16)
     reg = [torch.zeros(1, 4, 4, 4)]
-    det = head.predict(cls, reg, [(32, 32)])[0]
+    det = _predict(head, cls, reg, [(32, 32)])[0]
     assert det["labels"].tolist() == [2]
     torch.testing.assert_close(det["boxes"], torch.tensor([[0.0, 8.0, 16.0, 24.0]]))
     assert det["scores"].item() == pytest.approx(1 / (1 + math.exp(-5.0)))
@@ -284,7 +301,7 @@ def test_predict_empty_when_nothing_passes_threshold():
     reg = [torch.zeros(1, 36, 2, 2)]
     head.anchor_generator = AnchorGenerator(strides=[8], ratios=(0.5, 1.0, 2.0),
                                             scales=(4.0, 5.0, 6.0))
-    det = head.predict(cls, reg, [(16, 16)])[0]
+    det = _predict(head, cls, reg, [(16, 16)])[0]
     assert det["boxes"].shape == (0, 4) and det["scores"].shape == (0,)
 
 
@@ -299,7 +316,7 @@ def test_loss_regression_golden():
         {"boxes": torch.tensor([[0.0, 30.0, 33.0, 95.0]]), "labels": torch.tensor([3])},
     ]
     cls, reg = head(feats)
-    losses = head.loss(cls, reg, targets, [(96, 96), (96, 64)])
+    losses = _loss(head, cls, reg, targets, [(96, 96), (96, 64)])
     got = {k: round(float(v.detach()), 6) for k, v in sorted(losses.items())}
     if os.environ.get("GLIMPSE_ACCEPT") == "1" or not GOLDEN.exists():
         if os.environ.get("GLIMPSE_ACCEPT") != "1":

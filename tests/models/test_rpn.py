@@ -8,9 +8,14 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
-from glimpse.assign import AnchorGenerator, DeltaXYWHBoxCoder, MaxIoUAssigner, RandomSampler
-from glimpse.heads.rpn import ProposalConfig, RPNHead, RPNTrainConfig, anchor_targets, \
-    select_proposals
+from glimpse.assign import (
+    AnchorGenerator,
+    DeltaXYWHBoxCoder,
+    MaxIoUAssigner,
+    RandomSampler,
+    anchor_targets,
+)
+from glimpse.heads.rpn import ProposalConfig, RPNHead, RPNTrainConfig, select_proposals
 
 
 def _take_all_sampler() -> RandomSampler:
@@ -23,9 +28,10 @@ def test_anchor_targets_hand_made():
     (anchors,) = gen.grid_anchors([(3, 3)])
     valid = torch.ones(9, dtype=torch.bool)
     target = {"boxes": torch.tensor([[0.0, 0.0, 32.0, 32.0]]), "labels": torch.tensor([1])}
-    lab, lw, bt, bw, npos, nneg = anchor_targets(
-        anchors, valid, target, (48, 48), MaxIoUAssigner(0.7, 0.3, 0.3), _take_all_sampler(),
-        DeltaXYWHBoxCoder())
+    t = anchor_targets(anchors, valid, target, MaxIoUAssigner(0.7, 0.3, 0.3),
+                       DeltaXYWHBoxCoder(), sampler=_take_all_sampler(), class_agnostic=True)
+    lab, lw, bt, bw, npos, nneg = (t.labels, t.label_weights, t.box_targets, t.box_weights,
+                                   t.num_pos, t.num_neg)
     # anchor (y=1, x=1) is the gt itself; (0, 1), (1, 0) overlap 1/3 -> ignored; (1, 2), (2, 1)
     # touch it with IoU 1/3 as well; (0, 0) 1/7 and the far corners negative.
     iou = box_iou(target["boxes"], anchors)[0]
@@ -40,16 +46,19 @@ def test_allowed_border_and_valid_flags():
     gen = AnchorGenerator(strides=[16], ratios=(1.0,), scales=(2,))
     (anchors,) = gen.grid_anchors([(3, 3)])
     target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
-    args = (MaxIoUAssigner(0.7, 0.3, 0.3), _take_all_sampler(), DeltaXYWHBoxCoder())
+    args = (MaxIoUAssigner(0.7, 0.3, 0.3), DeltaXYWHBoxCoder())
+    kwargs = {"sampler": _take_all_sampler(), "class_agnostic": True, "image_size": (48, 48)}
     valid = torch.ones(9, dtype=torch.bool)
-    _, lw, *_ = anchor_targets(anchors, valid, target, (48, 48), *args, allowed_border=0)
+    lw = anchor_targets(anchors, valid, target, *args, **kwargs, allowed_border=0).label_weights
     # only anchors fully inside [0, 48): the one at (1, 1) ([0, 0, 32, 32]) -> 1 sampled
     assert lw.tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0]
-    _, lw, *_ = anchor_targets(anchors, valid, target, (48, 48), *args, allowed_border=-1)
+    lw = anchor_targets(anchors, valid, target, *args, **kwargs, allowed_border=-1).label_weights
     assert lw.sum() == 9
-    valid = gen.valid_flags([(3, 3)], pad_shape=(32, 48))[0]
-    _, lw, *_ = anchor_targets(anchors, valid, target, (48, 48), *args)
+    valid = gen.valid_flags([(3, 3)], pad_size=(32, 48))[0]
+    lw = anchor_targets(anchors, valid, target, *args, **kwargs).label_weights
     assert lw.view(3, 3)[2].sum() == 0 and lw.view(3, 3)[:2].sum() == 6
+    with pytest.raises(ValueError, match="image_size"):
+        anchor_targets(anchors, valid, target, *args, allowed_border=0)
 
 
 def _feats(b=2, c=8, size=16, levels=(4, 8, 16, 32, 64)):
@@ -61,16 +70,16 @@ def test_rpn_loss_matches_slow_loop():
     head = RPNHead(8, 8, train_cfg=RPNTrainConfig(num_samples=100_000), box_loss_beta=1 / 9)
     feats = _feats()
     raw = head(feats)
-    anchors = head.get_anchors(raw)
+    anchors = head.get_anchors(raw, [(64, 64), (64, 64)], [(64, 64), (64, 64)])
     targets = [
         {"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0], [30.0, 2.0, 60.0, 20.0]]),
          "labels": torch.tensor([1, 1])},
         {"boxes": torch.tensor([[10.0, 10.0, 20.0, 30.0]]), "labels": torch.tensor([1])},
     ]
-    losses = head.loss(raw, anchors, targets, [(64, 64), (64, 64)])
+    losses = head.loss(raw, anchors, targets, [(64, 64), (64, 64)], [(64, 64), (64, 64)])
 
     # slow reference: loop over anchors, level-by-level layout (y, x, a)
-    all_anchors = torch.cat(anchors)
+    all_anchors = torch.cat(anchors[0].anchors)
     coder = DeltaXYWHBoxCoder()
     cls_terms, box_terms, count = [], [], 0
     for i, t in enumerate(targets):
@@ -102,7 +111,8 @@ def test_rpn_empty_gt():
     head = RPNHead(8, 8)
     raw = head(_feats())
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
-    losses = head.loss(raw, head.get_anchors(raw), [empty, empty], [(64, 64), (60, 50)])
+    sizes = [(64, 64), (60, 50)]
+    losses = head.loss(raw, head.get_anchors(raw, sizes, sizes), [empty, empty], sizes, sizes)
     assert losses["loss_rpn_cls"] > 0
     assert losses["loss_rpn_box"].item() == 0.0
     sum(losses[k] for k in ("loss_rpn_cls", "loss_rpn_box")).backward()
@@ -133,9 +143,11 @@ def test_rpn_predict_inside_image_sorted():
     torch.manual_seed(0)
     head = RPNHead(8, 8).eval()
     raw = head(_feats())
-    out = head.predict(raw, head.get_anchors(raw), [(64, 60), (40, 64)])
-    for (boxes, scores), (h, w) in zip(out, [(64, 60), (40, 64)]):
-        assert 0 < len(boxes) <= 1000
+    sizes = [(64, 60), (40, 64)]
+    out = head.predict(raw, head.get_anchors(raw, sizes, sizes), sizes)
+    for det, (h, w) in zip(out, sizes):
+        boxes, scores = det["boxes"], det["scores"]
+        assert 0 < len(boxes) <= 1000 and (det["labels"] == 1).all()
         assert (boxes[:, 0::2] <= w).all() and (boxes[:, 1::2] <= h).all() and (boxes >= 0).all()
         assert torch.equal(scores, scores.sort(descending=True).values)
     with pytest.raises(ValueError, match="levels"):

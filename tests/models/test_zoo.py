@@ -115,3 +115,60 @@ def test_slim_models_train_and_eval(name):
     for det in dets:
         assert {"boxes", "scores", "labels"} <= set(det)
         assert det["boxes"].shape[-1] == 4
+
+
+# The full zoo table as it was written out by hand: families x backbones are generated now, and
+# this pin keeps every name and spec exactly as it was (name: detector, backbone, defaults,
+# base_lr; no model has backbone defaults).
+ZOO_TABLE = {
+    'cascade_mask_rcnn_r101_fpn': ('cascade_mask_rcnn', 'r101', {}, 0.02),
+    'cascade_mask_rcnn_r50_fpn': ('cascade_mask_rcnn', 'r50', {}, 0.02),
+    'cascade_mask_rcnn_slim_fpn': ('cascade_mask_rcnn', 'slim', {'fpn_channels': 64}, 0.02),
+    'cascade_mask_rcnn_x101_32x4d_fpn': ('cascade_mask_rcnn', 'x101_32x4d', {}, 0.02),
+    'cascade_mask_rcnn_x50_32x4d_fpn': ('cascade_mask_rcnn', 'x50_32x4d', {}, 0.02),
+    'cascade_rcnn_r101_fpn': ('cascade_rcnn', 'r101', {}, 0.02),
+    'cascade_rcnn_r50_fpn': ('cascade_rcnn', 'r50', {}, 0.02),
+    'cascade_rcnn_slim_fpn': ('cascade_rcnn', 'slim', {'fpn_channels': 64}, 0.02),
+    'cascade_rcnn_x101_32x4d_fpn': ('cascade_rcnn', 'x101_32x4d', {}, 0.02),
+    'cascade_rcnn_x50_32x4d_fpn': ('cascade_rcnn', 'x50_32x4d', {}, 0.02),
+    'fast_rcnn_r101_fpn': ('fast_rcnn', 'r101', {}, 0.02),
+    'fast_rcnn_r50_fpn': ('fast_rcnn', 'r50', {}, 0.02),
+    'fast_rcnn_slim_fpn': ('fast_rcnn', 'slim', {'fpn_channels': 64}, 0.02),
+    'fast_rcnn_x101_32x4d_fpn': ('fast_rcnn', 'x101_32x4d', {}, 0.02),
+    'fast_rcnn_x50_32x4d_fpn': ('fast_rcnn', 'x50_32x4d', {}, 0.02),
+    'faster_rcnn_fishnet150_fpn': ('faster_rcnn', 'fishnet150', {}, 0.02),
+    'faster_rcnn_fishnet99_fpn': ('faster_rcnn', 'fishnet99', {}, 0.02),
+    'faster_rcnn_fishnet_slim_fpn': ('faster_rcnn', 'fishnet_slim', {'fpn_channels': 64}, 0.02),
+    'faster_rcnn_r101_fpn': ('faster_rcnn', 'r101', {}, 0.02),
+    'faster_rcnn_r50_fpn': ('faster_rcnn', 'r50', {}, 0.02),
+    'faster_rcnn_slim_fpn': ('faster_rcnn', 'slim', {'fpn_channels': 64}, 0.02),
+    'faster_rcnn_x101_32x4d_fpn': ('faster_rcnn', 'x101_32x4d', {}, 0.02),
+    'faster_rcnn_x50_32x4d_fpn': ('faster_rcnn', 'x50_32x4d', {}, 0.02),
+    'mask_rcnn_fishnet188_fpn': ('mask_rcnn', 'fishnet188', {}, 0.02),
+    'mask_rcnn_fishnet_slim_fpn': ('mask_rcnn', 'fishnet_slim', {'fpn_channels': 64}, 0.02),
+    'mask_rcnn_r101_fpn': ('mask_rcnn', 'r101', {}, 0.02),
+    'mask_rcnn_r50_fpn': ('mask_rcnn', 'r50', {}, 0.02),
+    'mask_rcnn_slim_fpn': ('mask_rcnn', 'slim', {'fpn_channels': 64}, 0.02),
+    'mask_rcnn_x101_32x4d_fpn': ('mask_rcnn', 'x101_32x4d', {}, 0.02),
+    'mask_rcnn_x50_32x4d_fpn': ('mask_rcnn', 'x50_32x4d', {}, 0.02),
+    'retinanet_r101_fpn': ('retinanet', 'r101', {}, 0.01),
+    'retinanet_r50_fpn': ('retinanet', 'r50', {}, 0.01),
+    'retinanet_slim_fpn': ('retinanet', 'slim', {'fpn_channels': 64, 'tower_init': 'kaiming'},
+                           0.01),
+    'retinanet_x101_32x4d_fpn': ('retinanet', 'x101_32x4d', {}, 0.01),
+    'retinanet_x50_32x4d_fpn': ('retinanet', 'x50_32x4d', {}, 0.01),
+    'rpn_r101_fpn': ('rpn', 'r101', {}, 0.02),
+    'rpn_r50_fpn': ('rpn', 'r50', {}, 0.02),
+    'rpn_slim_fpn': ('rpn', 'slim', {'fpn_channels': 64}, 0.02),
+    'rpn_x101_32x4d_fpn': ('rpn', 'x101_32x4d', {}, 0.02),
+    'rpn_x50_32x4d_fpn': ('rpn', 'x50_32x4d', {}, 0.02),
+}
+
+
+def test_zoo_table_is_pinned():
+    assert sorted(zoo.MODELS) == sorted(ZOO_TABLE)
+    for name, (detector, backbone, defaults, lr) in ZOO_TABLE.items():
+        spec = zoo.MODELS[name]
+        assert (spec.detector, spec.backbone, spec.defaults, spec.backbone_defaults,
+                spec.base_lr) == (detector, backbone, defaults, {}, lr), name
+        assert zoo.base_lr(name) == lr
