@@ -22,7 +22,7 @@ are set at steps 1 and 3 and left set, so the figure cells that follow a run rep
 Resuming: a run's work dir receives ``spec.json`` (what is being run) before training and
 ``manifest.json`` (the record) atomically after evaluation. A run whose manifest is readable
 and whose spec equals the current one is finished: it is not retrained, its model is reloaded
-from its checkpoint. A missing, partial or corrupt manifest, or one of another spec, means
+from its checkpoint (a run whose checkpoint has gone is retrained). A missing, partial or corrupt manifest, or one of another spec, means
 "not finished"; training then continues from the run's last checkpoint if ``spec.json`` matches,
 else starts from scratch.
 """
@@ -120,8 +120,10 @@ class Variant:
             return self.model()
         from glimpse import zoo
 
-        kwargs = {"num_classes": num_classes, **self.model_kwargs}
-        return zoo.build(self.model, **kwargs)
+        if num_classes < 1 and "num_classes" not in self.model_kwargs:
+            raise ValueError(f"Variant {self.name!r}: the training set has no class_names; "
+                             "give num_classes in model_kwargs")
+        return zoo.build(self.model, **{"num_classes": num_classes, **self.model_kwargs})
 
 
 @dataclass(frozen=True)
@@ -336,13 +338,14 @@ def _train_and_evaluate(variant: Variant, train: TrainConfig, num_classes: int,
     _prepare(seed, deterministic, device)
     metrics = {k: float(v) for k, v in evaluate(model, val_set, device).items()}
     history = result.history
+    checkpoint = result.last_checkpoint if spec is not None else None  # None: a temporary dir
     record = RunRecord(
         variant=variant.name, model=variant.model_name, seed=seed, metrics=metrics,
         iterations=result.iterations,
         train_seconds=float(sum(h.get("time", 0.0) for h in history)),
         wall_seconds=time.perf_counter() - start,
         final_loss=float(history[-1]["loss"]) if history else math.nan,
-        checkpoint=str(result.last_checkpoint) if spec is not None else None,
+        checkpoint=str(checkpoint) if checkpoint is not None else None,
         work_dir=str(work_dir) if spec is not None else None)
     if spec is not None:
         atomic_write(work_dir / MANIFEST,

@@ -210,6 +210,8 @@ def test_run_variants_checks_names_and_empty():
     assert len(empty) == 0 and "variant" in empty.columns
     with pytest.raises(ValueError, match="model_kwargs"):
         Variant("a", toy_small, cfg, {"image_scale": (64, 64)})
+    with pytest.raises(ValueError, match="class_names"):
+        Variant("b", "faster_rcnn_slim_fpn", cfg).build(num_classes=0)
 
 
 def test_zoo_train_config_takes_the_zoos_base_lr():
