@@ -1,4 +1,9 @@
-"""One module per paper (profiles, experiments, table and figure functions) and ``reproduce``."""
+"""One module per paper (profiles, experiments, table and figure functions) and ``reproduce``.
+
+Shared by every paper: :mod:`glimpse.papers.runner` (train and evaluate variants over seeds,
+resume by manifest, paired "does the claim hold" verdicts) and :mod:`glimpse.papers.figures`
+(images, boxes, masks, detections, training curves).
+"""
 
 from __future__ import annotations
 

@@ -32,6 +32,16 @@ import torch
 from torch import Tensor, nn
 
 from glimpse.papers import resolve_profile
+from glimpse.papers.figures import COLORS, draw_box, show_image
+from glimpse.papers.runner import (
+    Evaluator,
+    RunRecord,
+    Variant,
+    coco_metrics,
+    run_dir,
+    train_and_evaluate,
+    zoo_train_config,
+)
 from glimpse.report import load_paper, repo_root
 
 __all__ = [
@@ -41,18 +51,17 @@ __all__ = [
     "CodebaseConfig",
     "DetectorRun",
     "BaselineRuns",
+    "baseline_evaluator",
     "baseline_table",
+    "baseline_variant",
     "build_model",
     "codebase_table",
     "dry_check",
-    "evaluate_run",
     "figure_anchors",
     "figure_cascade_stages",
     "figure_rpn",
     "pyramid_table",
-    "figure_detections",
     "figure_roi_assignment",
-    "figure_training_curves",
     "full_commands",
     "glimpse_methods",
     "load_data",
@@ -61,7 +70,6 @@ __all__ = [
     "pick_example",
     "resolve",
     "run_baselines",
-    "train_detector",
     "two_stage_internals",
 ]
 
@@ -100,8 +108,8 @@ class DetectorRun:
         model: a :func:`glimpse.zoo.names` entry.
         max_iters: optimiser steps.
         batch_size: images per step (per process).
-        lr: absolute peak learning rate; ``None`` applies mmdet's linear scaling rule
-            (0.02 per 16 images; 0.01 for RetinaNet as in its config).
+        lr: absolute peak learning rate; ``None`` applies mmdet's linear scaling rule to the
+            zoo's base lr (:func:`glimpse.zoo.base_lr`).
         warmup_iters: linear warm-up length (mmdet: 500).
         model_kwargs: extra keywords of the zoo builder (e.g. fewer sampled RoIs for smoke).
         data: dataset trained and evaluated on instead of the profile's (e.g. ``"coco128"``).
@@ -147,6 +155,9 @@ class CodebaseConfig:
         deterministic: call ``torch.use_deterministic_algorithms(True)`` (CPU runs repeat bit
             for bit, so nbval can check the notebook).
         dry_run: only resolve and build (the ``full`` profile on a machine without its data).
+        reuse_finished: reuse runs already finished in ``work_dir`` with the same spec and
+            resume unfinished ones (see :mod:`glimpse.papers.runner`); ``False`` retrains
+            every run (smoke: the notebook check must exercise training).
     """
 
     profile: str
@@ -161,6 +172,7 @@ class CodebaseConfig:
     work_dir: str = ""
     deterministic: bool = True
     dry_run: bool = False
+    reuse_finished: bool = False
 
     @property
     def data(self) -> str:
@@ -224,7 +236,8 @@ _FULL_RUNS = tuple(
 
 PROFILES: dict[str, CodebaseConfig] = {
     "smoke": CodebaseConfig("smoke", "synthetic-smoke", "synthetic-smoke", runs=_smoke_runs()),
-    "cpu": CodebaseConfig("cpu", "synthetic-cpu", "synthetic-cpu", runs=_cpu_runs()),
+    "cpu": CodebaseConfig("cpu", "synthetic-cpu", "synthetic-cpu", runs=_cpu_runs(),
+                          reuse_finished=True),
     # the notebook only checks the full configuration; training runs through torchrun
     # (see full_commands) and evaluation through `python -m glimpse evaluate`
     "full": CodebaseConfig("full", "coco", "coco", runs=_FULL_RUNS, eval_batch_size=2,
@@ -337,61 +350,27 @@ def build_model(run: DetectorRun, num_classes: int, image_scale: tuple[int, int]
     return zoo.build(run.model, num_classes=num_classes, image_scale=tuple(image_scale), **kwargs)
 
 
-def _set_determinism(cfg: CodebaseConfig) -> None:
-    from glimpse.engine.seed import seed_everything
-
-    seed_everything(cfg.seed)
-    if cfg.deterministic and cfg.device == "cpu":
-        torch.use_deterministic_algorithms(True)
-        torch.set_num_threads(1)
+# evaluator keys kept in the baseline table, in the order they are reported
+_BASELINE_METRICS = ("AR1000", "box_AP", "box_AP50", "box_AP75", "mask_AP")
 
 
-def train_detector(cfg: CodebaseConfig, run: DetectorRun, train_set: Any) -> tuple[nn.Module, Any]:
-    """Build and train one baseline; returns ``(model, TrainResult)`` (model in eval mode).
-
-    Training starts from scratch every time (no resume), seeded with ``cfg.seed``, so the same
-    profile on the same machine gives the same weights.
-    """
-    from glimpse.engine import TrainConfig, fit
-
-    _set_determinism(cfg)
+def baseline_variant(cfg: CodebaseConfig, run: DetectorRun, train_set: Any) -> Variant:
+    """One baseline as a runner :class:`~glimpse.papers.runner.Variant` named ``run.label``:
+    the zoo's base lr (unless ``run.lr``), no intermediate checkpoints, one thread on CPU."""
     scale = cfg.image_scale or train_set.default_image_scale
-    model = build_model(run, len(train_set.class_names), scale)
-    train_cfg = TrainConfig(
-        max_iters=run.max_iters, batch_size=run.batch_size, lr=run.lr,
-        base_lr=0.01 if run.family == "retinanet" else 0.02,
+    train = zoo_train_config(
+        run.model, max_iters=run.max_iters, batch_size=run.batch_size, lr=run.lr,
         warmup_iters=min(run.warmup_iters, run.max_iters), amp=cfg.device != "cpu",
         checkpoint_every=0, keep_checkpoints=1, log_every=1, seed=cfg.seed,
         num_threads=1 if cfg.device == "cpu" else None)
-    work = _work_dir(cfg) / run.model
-    result = fit(model, train_set, train_cfg, work, device=cfg.device, resume=False)
-    return model.eval(), result
+    return Variant(run.label, run.model, train,
+                   {**run.model_kwargs, "image_scale": tuple(scale)})
 
 
-def evaluate_run(model: nn.Module, run: DetectorRun, val_set: Any,
-                 cfg: CodebaseConfig) -> dict[str, float]:
-    """COCO metrics of one trained baseline on ``val_set``, in percent (as the papers print).
-
-    Returns:
-        ``box_AP``, ``box_AP50``, ``box_AP75`` for detectors, ``mask_AP`` for mask models,
-        ``AR1000`` (class-agnostic proposal recall) for the RPN.
-    """
-    from glimpse.engine.evaluate import evaluate_detector
-
-    _set_determinism(cfg)
-    iou_types = ("proposal",) if run.family == "rpn" else None
-    metrics = evaluate_detector(model, val_set, device=cfg.device, iou_types=iou_types,
-                                batch_size=cfg.eval_batch_size, progress=False)
-    out: dict[str, float] = {}
-    if "proposal" in metrics:
-        out["AR1000"] = 100.0 * metrics["proposal"]["AR@1000"]
-    if "bbox" in metrics:
-        box = metrics["bbox"]
-        out.update(box_AP=100.0 * box["AP"], box_AP50=100.0 * box["AP50"],
-                   box_AP75=100.0 * box["AP75"])
-    if "segm" in metrics:
-        out["mask_AP"] = 100.0 * metrics["segm"]["AP"]
-    return out
+def baseline_evaluator(cfg: CodebaseConfig, run: DetectorRun) -> Evaluator:
+    """COCO metrics of one baseline in percent: proposal recall (``AR1000``) for the RPN,
+    ``box_*`` (and ``mask_*`` for mask models) for detectors."""
+    return coco_metrics(("proposal",) if run.family == "rpn" else None, cfg.eval_batch_size)
 
 
 def baseline_table(cfg: CodebaseConfig, measured: Mapping[str, Mapping[str, float]],
@@ -400,7 +379,7 @@ def baseline_table(cfg: CodebaseConfig, measured: Mapping[str, Mapping[str, floa
 
     Args:
         cfg: the resolved configuration (its profile, data and runs label every row).
-        measured: ``{run.label: evaluate_run(...) output}``.
+        measured: ``{run.label: {metric: value}}`` (:attr:`BaselineRuns.measured`).
         root: results folder holding ``codebase/paper/mmdet_r50_1x.csv``.
 
     Returns:
@@ -445,16 +424,13 @@ def dry_check(cfg: CodebaseConfig) -> pd.DataFrame:
         One row per run: ``model``, ``params_M`` (millions), ``iters``, ``batch``, ``lr``
         (the peak lr on 8 processes by mmdet's linear scaling rule unless set).
     """
-    from glimpse.engine import TrainConfig
-
     rows = []
     scale = cfg.image_scale or (1333, 800)
     for run in cfg.runs:
         model = build_model(run, 80, scale, pretrained=None)
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        tc = TrainConfig(max_iters=run.max_iters, batch_size=run.batch_size, lr=run.lr,
-                         base_lr=0.01 if run.family == "retinanet" else 0.02,
-                         warmup_iters=run.warmup_iters)
+        tc = zoo_train_config(run.model, max_iters=run.max_iters, batch_size=run.batch_size,
+                              lr=run.lr, warmup_iters=run.warmup_iters)
         rows.append({"model": run.model, "params_M": params, "iters": run.max_iters,
                      "batch": run.batch_size, "lr_8_gpus": tc.scaled_lr(world_size=8),
                      "lr_steps": "/".join(str(s) for s in tc.milestones())})
@@ -481,25 +457,26 @@ def pick_example(dataset: Any, candidates: int = 20) -> tuple[Tensor, dict[str, 
 
 @dataclass
 class BaselineRuns:
-    """Trained baselines of a profile: models (eval mode), histories and metrics by run label."""
+    """Trained baselines of a profile by run label: models (eval mode), histories, metrics
+    (:data:`_BASELINE_METRICS` the evaluator returned) and runner records."""
 
     models: dict[str, nn.Module]
     histories: dict[str, list[dict[str, float]]]
     measured: dict[str, dict[str, float]]
-    seconds: dict[str, float]
+    records: dict[str, RunRecord]
 
 
 def run_baselines(cfg: CodebaseConfig, data: tuple[Any, Any] | None = None, *,
                   verbose: bool = True) -> BaselineRuns:
-    """Train and evaluate every run of ``cfg`` (each from scratch, seeded).
+    """Train and evaluate every run of ``cfg`` through :func:`glimpse.papers.runner.
+    train_and_evaluate` (seeded with ``cfg.seed``; deterministic on CPU when
+    ``cfg.deterministic``; finished runs reused when ``cfg.reuse_finished``).
 
     Args:
         cfg: resolved configuration (nothing runs when ``cfg.dry_run``).
         data: the profile's ``(train, val)`` datasets, if already loaded.
         verbose: print one line per run (model, time, metrics).
     """
-    import time
-
     out = BaselineRuns({}, {}, {}, {})
     if cfg.dry_run:
         return out
@@ -508,27 +485,33 @@ def run_baselines(cfg: CodebaseConfig, data: tuple[Any, Any] | None = None, *,
         if run.data not in cache:
             cache[run.data] = load_data(cfg, run.data)
         train, val = cache[run.data]
-        start = time.perf_counter()
-        model, result = train_detector(cfg, run, train)
-        out.measured[run.label] = evaluate_run(model, run, val, cfg)
-        out.seconds[run.label] = time.perf_counter() - start
-        out.models[run.label] = model
-        out.histories[run.label] = result.history
+        trained = train_and_evaluate(
+            baseline_variant(cfg, run, train), train, val, seed=cfg.seed,
+            work_dir=run_dir(_work_dir(cfg), run.label, cfg.seed), device=cfg.device,
+            evaluate=baseline_evaluator(cfg, run), deterministic=cfg.deterministic,
+            reuse=cfg.reuse_finished)
+        record = trained.record
+        out.measured[run.label] = {k: record.metrics[k] for k in _BASELINE_METRICS
+                                   if k in record.metrics}
+        out.models[run.label] = trained.model
+        out.histories[run.label] = trained.history
+        out.records[run.label] = record
         if verbose:
             metrics = ", ".join(f"{k} {v:.1f}" for k, v in out.measured[run.label].items())
-            print(f"{run.label}: {run.max_iters} iterations, "
-                  f"{out.seconds[run.label]:.0f} s; {metrics}", flush=True)
+            how = "reused" if trained.reused else f"{record.wall_seconds:.0f} s"
+            print(f"{run.label}: {run.max_iters} iterations, {how}; {metrics}", flush=True)
     return out
 
 
 def full_commands(cfg: CodebaseConfig, gpus: int = 8) -> pd.DataFrame:
     """The ``torchrun`` command that trains (then evaluates) each run of ``cfg`` on ``gpus``
-    GPUs; the lr follows mmdet's linear scaling rule (RetinaNet: 0.01 per 16 images)."""
+    GPUs; the lr follows mmdet's linear scaling rule from the zoo's base lr
+    (:func:`glimpse.zoo.base_lr`)."""
     root = cfg.data_root or "data/coco"
     rows = []
     for r in cfg.runs:
-        total = r.batch_size * gpus
-        lr = r.lr if r.lr is not None else (0.01 if r.family == "retinanet" else 0.02) * total / 16
+        lr = zoo_train_config(r.model, max_iters=r.max_iters, batch_size=r.batch_size,
+                              lr=r.lr).scaled_lr(world_size=gpus)
         rows.append({"model": r.model, "command": (
             f"torchrun --nproc_per_node {gpus} -m glimpse train {r.model} "
             f"--data {r.data or cfg.train_data} --data-root {root} --device cuda "
@@ -540,25 +523,6 @@ def full_commands(cfg: CodebaseConfig, gpus: int = 8) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------
-
-_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown",
-           "tab:pink", "tab:olive", "tab:cyan")
-
-
-def _show(ax: Any, image: Tensor, title: str) -> None:
-    ax.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy())
-    ax.set_title(title, fontsize=8)
-    ax.set_axis_off()
-
-
-def _box(ax: Any, box: Sequence[float], color: str, lw: float = 1.0, ls: str = "-",
-         alpha: float = 1.0) -> None:
-    from matplotlib.patches import Rectangle
-
-    x0, y0, x1, y1 = (float(v) for v in box[:4])
-    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color,
-                           linewidth=lw, linestyle=ls, alpha=alpha))
-
 
 def figure_anchors(image: Tensor, target: Mapping[str, Tensor], *,
                    strides: Sequence[int] = (4, 8, 16, 32, 64),
@@ -595,17 +559,17 @@ def figure_anchors(image: Tensor, target: Mapping[str, Tensor], *,
         n = lvl_anchors.shape[0]
         inds = result.gt_inds[start:start + n]
         start += n
-        _show(ax, image, f"P{level + 2}: stride {strides[level]}, "
+        show_image(ax, image, f"P{level + 2}: stride {strides[level]}, "
                          f"{int((inds > 0).sum())} positive")
         for g in gt:
-            _box(ax, g, "white", lw=1.5)
+            draw_box(ax, g, "white", lw=1.5)
         cy, cx = sizes[level][0] // 2, sizes[level][1] // 2
         a = gen.num_base_anchors
         centre = lvl_anchors.view(sizes[level][0], sizes[level][1], a, 4)[cy, cx]
         for box in centre:
-            _box(ax, box, "yellow", lw=0.8, ls="--")
+            draw_box(ax, box, "yellow", lw=0.8, ls="--")
         for i in torch.nonzero(inds > 0).flatten().tolist():
-            _box(ax, lvl_anchors[i], _COLORS[(int(inds[i]) - 1) % len(_COLORS)], lw=0.8)
+            draw_box(ax, lvl_anchors[i], COLORS[(int(inds[i]) - 1) % len(COLORS)], lw=0.8)
         ax.set_xlim(-0.5, w - 0.5)
         ax.set_ylim(h - 0.5, -0.5)
     fig.suptitle("Anchors per FPN level (dashed: the centre location's anchors; "
@@ -638,84 +602,15 @@ def figure_roi_assignment(image: Tensor, target: Mapping[str, Tensor], proposals
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(6, 3.2))
     fg = torch.nonzero(res.gt_inds > 0).flatten().tolist()
     bg = torch.nonzero(res.gt_inds == 0).flatten().tolist()[:max_show]
-    _show(a0, image, f"foreground: {len(fg)} proposals (IoU >= {pos_iou})")
-    _show(a1, image, f"background: {int((res.gt_inds == 0).sum())} proposals")
+    show_image(a0, image, f"foreground: {len(fg)} proposals (IoU >= {pos_iou})")
+    show_image(a1, image, f"background: {int((res.gt_inds == 0).sum())} proposals")
     for g in target["boxes"]:
-        _box(a0, g, "white", lw=1.5)
-        _box(a1, g, "white", lw=1.5)
+        draw_box(a0, g, "white", lw=1.5)
+        draw_box(a1, g, "white", lw=1.5)
     for i in fg:
-        _box(a0, proposals[i], _COLORS[(int(res.gt_inds[i]) - 1) % len(_COLORS)], lw=0.7)
+        draw_box(a0, proposals[i], COLORS[(int(res.gt_inds[i]) - 1) % len(COLORS)], lw=0.7)
     for i in bg:
-        _box(a1, proposals[i], "tab:gray", lw=0.5, alpha=0.8)
-    fig.tight_layout()
-    return fig
-
-
-def figure_detections(image: Tensor, detections: Mapping[str, Mapping[str, Tensor]],
-                      class_names: Sequence[str], *, score_thr: float = 0.3,
-                      target: Mapping[str, Tensor] | None = None) -> Any:
-    """Final boxes (and masks) of several trained detectors on one image.
-
-    Args:
-        image: float[3, H, W] in [0, 1].
-        detections: ``{title: Detection}`` (``boxes`` xyxy pixels, ``labels`` 1..K,
-            ``scores``, optional ``masks`` [N, 1 or H, W] / [N, H, W]).
-        class_names: names of labels 1..K.
-        score_thr: only detections scoring at least this are drawn.
-        target: ground truth drawn in a first panel when given.
-    """
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    panels = ([("ground truth", target)] if target is not None else []) + list(detections.items())
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
-    for ax, (title, det) in zip(axes[0], panels):
-        is_gt = target is not None and det is target
-        keep = (torch.ones(len(det["boxes"]), dtype=torch.bool) if is_gt
-                else det["scores"] >= score_thr)
-        canvas = image.permute(1, 2, 0).clamp(0, 1).cpu().numpy().copy()
-        if "masks" in det and len(det["masks"]):
-            masks = det["masks"]
-            masks = masks[:, 0] if masks.dim() == 4 else masks
-            for i in torch.nonzero(keep).flatten().tolist():
-                m = masks[i].cpu().numpy() > 0.5
-                color = np.array(plt.get_cmap("tab10")(int(det["labels"][i]) % 10)[:3])
-                canvas[m] = 0.5 * canvas[m] + 0.5 * color
-        ax.imshow(canvas)
-        ax.set_axis_off()
-        ax.set_title(f"{title} ({int(keep.sum())})", fontsize=8)
-        for i in torch.nonzero(keep).flatten().tolist():
-            label = int(det["labels"][i])
-            color = plt.get_cmap("tab10")(label % 10)
-            _box(ax, det["boxes"][i], color, lw=1.0)
-            text = class_names[label - 1] if 0 < label <= len(class_names) else str(label)
-            if not is_gt:
-                text += f" {float(det['scores'][i]):.2f}"
-            x0, y0 = (float(v) for v in det["boxes"][i][:2])
-            ax.text(x0, y0, text, fontsize=5, color="white",
-                    bbox={"facecolor": color, "pad": 0.5, "linewidth": 0})
-    fig.tight_layout()
-    return fig
-
-
-def figure_training_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], *,
-                           smooth: int = 20) -> Any:
-    """Total training loss per iteration of each run (moving average over ``smooth`` iters)."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    for name, history in histories.items():
-        its = np.array([h["iter"] for h in history], dtype=float)
-        loss = np.array([h["loss"] for h in history], dtype=float)
-        k = max(1, min(smooth, len(loss)))
-        avg = np.convolve(loss, np.ones(k) / k, mode="valid")
-        ax.plot(its[k - 1:], avg, label=name, linewidth=1)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("training loss (sum of loss_*)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+        draw_box(a1, proposals[i], "tab:gray", lw=0.5, alpha=0.8)
     fig.tight_layout()
     return fig
 
@@ -799,9 +694,9 @@ def figure_rpn(image: Tensor, internals: Mapping[str, Any], *, top: int = 30) ->
         ax.set_title(f"P{level + 2} objectness {tuple(m.shape)}", fontsize=7)
         ax.set_axis_off()
     props = internals["proposals"][:top]
-    _show(axes[-1], image, f"top {len(props)} of {len(internals['proposals'])} proposals")
+    show_image(axes[-1], image, f"top {len(props)} of {len(internals['proposals'])} proposals")
     for box in props:
-        _box(axes[-1], box, "yellow", lw=0.6)
+        draw_box(axes[-1], box, "yellow", lw=0.6)
     fig.tight_layout()
     return fig
 
@@ -827,10 +722,10 @@ def figure_cascade_stages(image: Tensor, internals: Mapping[str, Any],
         chosen = boxes[order]
         iou = box_iou(chosen, gt).max(1).values.mean() if len(gt) and len(chosen) else 0.0
         name = "proposals" if t == 0 else f"after stage {t}"
-        _show(ax, image, f"{name}: mean IoU {float(iou):.3f}")
+        show_image(ax, image, f"{name}: mean IoU {float(iou):.3f}")
         for g in gt:
-            _box(ax, g, "white", lw=1.5)
+            draw_box(ax, g, "white", lw=1.5)
         for j, box in enumerate(chosen):
-            _box(ax, box, _COLORS[j % len(_COLORS)], lw=1.0)
+            draw_box(ax, box, COLORS[j % len(COLORS)], lw=1.0)
     fig.tight_layout()
     return fig

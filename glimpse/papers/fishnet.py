@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +42,17 @@ from glimpse.classification import (
 )
 from glimpse.data.imagenet import ImageFolderClassification, SyntheticClassification
 from glimpse.papers import resolve_profile
+from glimpse.papers.figures import show_image
+from glimpse.papers.runner import (
+    Evaluator,
+    TrainedRun,
+    Variant,
+    coco_metrics,
+    run_dir,
+    run_variants,
+    train_and_evaluate,
+    zoo_train_config,
+)
 
 __all__ = [
     "FishNetExperiment",
@@ -51,8 +61,8 @@ __all__ = [
     "shared_data_root",
     "classification_data",
     "classification_train_config",
-    "fit_classifier",
-    "train_classifier",
+    "classification_metrics",
+    "classification_variant",
     "run_classification",
     "imagenet_table",
     "complexity_table",
@@ -64,6 +74,7 @@ __all__ = [
     "feature_maps_figure",
     "gradient_norms",
     "gradient_norms_figure",
+    "detection_variant",
     "run_detection",
     "coco_table",
     "dry_run",
@@ -248,86 +259,62 @@ def classification_train_config(cfg: FishNetExperiment, num_images: int, seed: i
         num_workers=cfg.cls_num_workers)
 
 
-def _topk(scores: Tensor, labels: Tensor) -> dict[str, float]:
-    """Top-1 / top-5 accuracy in percent."""
+def classification_metrics(cfg: FishNetExperiment) -> Evaluator:
+    """Runner evaluator: top-1 / top-5 accuracy in percent on the val split."""
     from glimpse.engine.evaluate import topk_accuracy
 
-    return {k: 100 * v for k, v in topk_accuracy(scores, labels, ks=(1, 5)).items()}
+    def evaluate(model: nn.Module, val_set: Any, device: str) -> dict[str, float]:
+        scores, labels = predict_scores(model, val_set, device=device,
+                                        batch_size=min(64, max(1, len(val_set))))
+        return {k: 100 * v for k, v in topk_accuracy(scores, labels, ks=(1, 5)).items()}
+
+    evaluate.__qualname__ = "fishnet.classification_metrics"
+    return evaluate
 
 
-def _work_dir(cfg: FishNetExperiment, name: str) -> Path | None:
-    """Persistent run folder ``<work_root>/<name>`` (resumable), or None for a temporary one."""
+def classification_variant(cfg: FishNetExperiment, model_name: str, num_images: int
+                           ) -> Variant:
+    """Zoo classifier ``model_name`` with the profile's recipe, as a runner variant."""
+    return Variant(model_name, model_name, classification_train_config(cfg, num_images, cfg.seed))
+
+
+def _work_root(cfg: FishNetExperiment) -> Path | None:
+    """``cfg.work_root`` (relative paths: to the repository), or None for temporary runs."""
     if not cfg.work_root:
         return None
     root = Path(cfg.work_root)
-    return (root if root.is_absolute() else _repo() / root) / name
-
-
-def fit_classifier(cfg: FishNetExperiment, model_name: str, seed: int
-                   ) -> tuple[ImageClassifier, Any, Any]:
-    """Build zoo classifier ``model_name`` (seeded) and train it from scratch with the
-    profile's recipe. With ``cfg.work_root`` the run lives in ``<work_root>/<model>_seed<s>``
-    and resumes (a finished run is only reloaded).
-
-    Returns:
-        (trained model, :class:`TrainResult`, val set).
-    """
-    from glimpse import zoo
-    from glimpse.data.coco import collate
-    from glimpse.engine.train import fit
-
-    train_set, val_set, num_classes = classification_data(cfg)
-    torch.manual_seed(seed)
-    model = zoo.build(model_name, num_classes=num_classes)
-    tcfg = classification_train_config(cfg, len(train_set), seed)
-    work = _work_dir(cfg, f"{model_name}_seed{seed}")
-    if work is None:
-        with tempfile.TemporaryDirectory(prefix="glimpse-fishnet-") as tmp:
-            result = fit(model, train_set, tcfg, tmp, device=cfg.device, collate_fn=collate)
-    else:
-        result = fit(model, train_set, tcfg, work, device=cfg.device, collate_fn=collate,
-                     resume=True)
-    return model, result, val_set
-
-
-def train_classifier(cfg: FishNetExperiment, model_name: str, seed: int) -> dict[str, Any]:
-    """Train one zoo classifier from scratch (:func:`fit_classifier`) and evaluate it on the
-    val split.
-
-    Returns:
-        ``{"model", "seed", "top1", "top5" (percent), "iters", "train_s" (sum of the logged
-        iteration times), "final_loss"}``.
-    """
-    model, result, val_set = fit_classifier(cfg, model_name, seed)
-    return _evaluate_classifier(cfg, model_name, seed, model, result, val_set)
-
-
-def _evaluate_classifier(cfg: FishNetExperiment, model_name: str, seed: int, model: nn.Module,
-                         result: Any, val_set: Any) -> dict[str, Any]:
-    scores, labels = predict_scores(model, val_set, device=cfg.device,
-                                    batch_size=min(64, max(1, len(val_set))))
-    acc = _topk(scores, labels)
-    return {"model": model_name, "seed": seed, "top1": acc["top1"], "top5": acc["top5"],
-            "iters": result.iterations,
-            "train_s": float(sum(h.get("time", 0.0) for h in result.history)),
-            "final_loss": result.history[-1]["loss"]}
+    return root if root.is_absolute() else _repo() / root
 
 
 def run_classification(cfg: FishNetExperiment) -> tuple[pd.DataFrame, dict[str, nn.Module]]:
-    """Every model of ``cfg.cls_models`` for ``cfg.cls_num_seeds`` seeds (``seed + i``).
+    """Every model of ``cfg.cls_models`` for ``cfg.cls_num_seeds`` seeds (``seed + i``),
+    through :func:`glimpse.papers.runner.run_variants`: each model is built and trained from
+    scratch with its seed; with ``cfg.work_root`` finished runs are reused and unfinished ones
+    resume.
 
     Returns:
-        (one row per run as :func:`train_classifier`, ``{model name: trained model of the
-        first seed}``).
+        (one row per run: ``model``, ``seed``, ``top1``, ``top5`` (percent), ``iters``,
+        ``train_s`` (sum of the logged iteration times), ``final_loss``; ``{model name:
+        trained model of the first seed}`` (on CPU, eval mode)).
     """
-    rows, models = [], {}
-    for name in cfg.cls_models:
-        for i in range(cfg.cls_num_seeds):
-            model, result, val_set = fit_classifier(cfg, name, cfg.seed + i)
-            rows.append(_evaluate_classifier(cfg, name, cfg.seed + i, model, result, val_set))
-            if i == 0:
-                models[name] = model.cpu().eval()
-    return pd.DataFrame(rows), models
+    train_set, val_set, _ = classification_data(cfg)
+    variants = [classification_variant(cfg, name, len(train_set)) for name in cfg.cls_models]
+    models: dict[str, nn.Module] = {}
+
+    def keep_first_seed(run: TrainedRun) -> None:
+        if run.record.seed == cfg.seed:
+            models[run.record.variant] = run.model.cpu().eval()
+
+    runs = run_variants(variants, train_set, val_set,
+                        [cfg.seed + i for i in range(cfg.cls_num_seeds)],
+                        work_root=_work_root(cfg), on_run=keep_first_seed, device=cfg.device,
+                        evaluate=classification_metrics(cfg))
+    rows = runs.rename(columns={"iterations": "iters", "train_seconds": "train_s"})
+    # model by model (the profile's order), then seed, as the tables list them
+    order = rows["model"].map({m: i for i, m in enumerate(cfg.cls_models)})
+    rows = rows.assign(order=order).sort_values(["order", "seed"], kind="stable")
+    cols = ["model", "seed", "top1", "top5", "iters", "train_s", "final_loss"]
+    return rows[cols].reset_index(drop=True), models
 
 
 _DISPLAY = {"fishnet99": "FishNet-99", "fishnet150": "FishNet-150", "fishnet201": "FishNet-201",
@@ -540,8 +527,7 @@ def feature_maps_figure(feats: list[Tensor], image: Tensor, title: str = ""):
 
     show = [0, 3, 4, 5, 6, 7, 8, 9, 10]
     fig, axes = plt.subplots(1, len(show) + 1, figsize=(2.0 * (len(show) + 1), 2.4))
-    axes[0].imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
-    axes[0].set_title("input", fontsize=8)
+    show_image(axes[0], image, "input")
     for ax, i in zip(axes[1:], show):
         m = feats[i].abs().mean(0)
         m = (m - m.min()) / (m.max() - m.min() + 1e-8)
@@ -627,49 +613,48 @@ def _det_dataset(cfg: FishNetExperiment, name: str, split: str):
     return build_dataset(name, split=split, data_root=root, train=split == "train")
 
 
-def _train_detector(cfg: FishNetExperiment, model_name: str, data: str,
-                    max_iters: int | None = None) -> dict[str, Any]:
-    from glimpse import zoo
-    from glimpse.engine.evaluate import evaluate_detector
-    from glimpse.engine.train import TrainConfig, fit
-
-    train_set = _det_dataset(cfg, data, "train")
-    val_set = _det_dataset(cfg, data, "val")
-    torch.manual_seed(cfg.seed)
-    model = zoo.build(model_name, num_classes=len(train_set.class_names),
-                      image_scale=cfg.det_image_scale)
-    iters = max_iters if max_iters is not None else cfg.det_iters
-    tcfg = TrainConfig(max_iters=iters, batch_size=cfg.det_batch_size, lr=cfg.det_lr,
-                       warmup_iters=min(500, iters // 4), checkpoint_every=0, keep_checkpoints=1,
-                       log_every=1, seed=cfg.seed)
-    work = _work_dir(cfg, f"{model_name}_{data}")
-    if work is None:
-        with tempfile.TemporaryDirectory(prefix="glimpse-fishnet-det-") as tmp:
-            result = fit(model, train_set, tcfg, tmp, device=cfg.device)
-    else:
-        result = fit(model, train_set, tcfg, work, device=cfg.device, resume=True)
-    train_s = float(sum(h.get("time", 0.0) for h in result.history))
-    if cfg.det_max_val_images is not None and len(val_set.ids) > cfg.det_max_val_images:
-        val_set.ids = list(val_set.ids)[: cfg.det_max_val_images]  # first N images, fixed
-    metrics = evaluate_detector(model, val_set, device=cfg.device, iou_types=("bbox", "segm"),
-                                batch_size=2, progress=False)
-    row: dict[str, Any] = {"model": model_name, "data": data, "iters": iters,
-                           "train_s": train_s,
-                           "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
-    for iou_type, prefix in (("bbox", "box"), ("segm", "mask")):
-        for k in ("AP", "APs", "APm", "APl"):
-            v = metrics[iou_type][k]  # COCOeval gives -1 for an area range without GT
-            row[f"{prefix}_{k}"] = 100 * v if v >= 0 else float("nan")
-    return row
+def detection_variant(cfg: FishNetExperiment, model_name: str, data: str) -> Variant:
+    """Mask R-CNN ``model_name`` trained on ``data`` for ``cfg.det_iters`` at ``cfg.det_lr``
+    (absolute), as a runner variant named ``<model>_<data>``."""
+    iters = cfg.det_iters
+    train = zoo_train_config(
+        model_name, max_iters=iters, batch_size=cfg.det_batch_size, lr=cfg.det_lr,
+        warmup_iters=min(500, iters // 4), checkpoint_every=0, keep_checkpoints=1, log_every=1,
+        seed=cfg.seed)
+    return Variant(f"{model_name}_{data}", model_name, train,
+                   {"image_scale": tuple(cfg.det_image_scale)})
 
 
 def run_detection(cfg: FishNetExperiment) -> pd.DataFrame:
-    """Mask R-CNN for every non-empty ``cfg.det_models`` entry on every ``cfg.det_data``."""
+    """Mask R-CNN for every non-empty ``cfg.det_models`` entry on every ``cfg.det_data``
+    (:func:`glimpse.papers.runner.train_and_evaluate`, seed ``cfg.seed``), evaluated on the
+    first ``cfg.det_max_val_images`` val images.
+
+    Returns:
+        One row per run: ``backbone``, ``model``, ``data``, ``iters``, ``train_s``,
+        ``params_M``, then ``box_`` and ``mask_`` ``AP``/``APs``/``APm``/``APl`` (percent, NaN
+        for an area range without ground truth).
+    """
     rows = []
+    evaluate = coco_metrics(("bbox", "segm"), batch_size=2)
+    root = _work_root(cfg)
     for data in cfg.det_data:
+        train_set, val_set = _det_dataset(cfg, data, "train"), _det_dataset(cfg, data, "val")
         for backbone, model_name in zip(_ROW_BACKBONES, cfg.det_models):
-            if model_name:
-                rows.append({"backbone": backbone, **_train_detector(cfg, model_name, data)})
+            if not model_name:
+                continue
+            variant = detection_variant(cfg, model_name, data)
+            run = train_and_evaluate(
+                variant, train_set, val_set, seed=cfg.seed, device=cfg.device,
+                work_dir=run_dir(root, variant.name, cfg.seed) if root else None,
+                evaluate=evaluate, max_eval_images=cfg.det_max_val_images)
+            row: dict[str, Any] = {
+                "backbone": backbone, "model": model_name, "data": data,
+                "iters": run.record.iterations, "train_s": run.record.train_seconds,
+                "params_M": sum(p.numel() for p in run.model.parameters()) / 1e6}
+            row.update({f"{prefix}_{k}": run.record.metrics[f"{prefix}_{k}"]
+                        for prefix in ("box", "mask") for k in ("AP", "APs", "APm", "APl")})
+            rows.append(row)
     return pd.DataFrame(rows)
 
 

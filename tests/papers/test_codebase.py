@@ -15,6 +15,7 @@ import torch  # noqa: E402
 
 from glimpse import zoo  # noqa: E402
 from glimpse.papers import codebase as cb  # noqa: E402
+from glimpse.papers import figures  # noqa: E402
 
 
 def test_paper_csvs_load_with_sources():
@@ -170,11 +171,11 @@ def test_figure_detections_and_curves():
     image, target = _scene()
     det = {"boxes": target["boxes"], "labels": target["labels"],
            "scores": torch.tensor([0.9, 0.1]), "masks": torch.zeros(2, 1, 128, 128)}
-    fig = cb.figure_detections(image, {"model": det}, ["a", "b", "c"], target=target)
+    fig = figures.figure_detections(image, {"model": det}, ["a", "b", "c"], target=target)
     assert [ax.get_title() for ax in fig.axes] == ["ground truth (2)", "model (1)"]
     plt.close(fig)
     hist = {"m": [{"iter": i, "loss": 2.0 / (i + 1)} for i in range(50)]}
-    fig = cb.figure_training_curves(hist)
+    fig = figures.figure_training_curves(hist)
     assert len(fig.axes[0].lines) == 1
     plt.close(fig)
 
