@@ -186,39 +186,43 @@ class CodebaseConfig:
 # trains longest. On 128 px images the 1x settings (1000 proposals, 512 sampled RoIs per image,
 # 1024-wide FC layers) cost 3x the time for nothing (RoIAlign's CPU backward dominates), so the
 # two-stage smoke models sample 128 RoIs from 300 proposals through 256-wide FC layers.
-def _slim_two_stage() -> dict[str, Any]:
+def _slim_two_stage(family: str) -> dict[str, Any]:
+    """Builder keywords of the slim recipe; cascades keep their own RPN (SmoothL1 beta 1/9)."""
+    from glimpse.detectors.two_stage import CASCADE_RPN, RCNNConfig, RPNConfig
     from glimpse.heads.roi_box import RCNNTrainConfig
     from glimpse.heads.rpn import ProposalConfig
 
+    base_rpn = CASCADE_RPN if family.startswith("cascade") else RPNConfig()
+    proposals = ProposalConfig(nms_pre=1000, max_per_image=300)
     return {"fc_channels": 256,
-            "rpn_train_proposals": ProposalConfig(nms_pre=1000, max_per_image=300),
-            "rcnn_train": RCNNTrainConfig(num_samples=128)}
+            "rpn_cfg": dataclasses.replace(base_rpn, train_proposals=proposals),
+            "rcnn_cfg": RCNNConfig(train=RCNNTrainConfig(num_samples=128))}
 
 
 def _smoke_runs() -> tuple[DetectorRun, ...]:
-    slim = _slim_two_stage()
     return (
-        DetectorRun("faster_rcnn_slim_fpn", 300, 4, lr=0.02, warmup_iters=50, model_kwargs=slim),
-        DetectorRun("mask_rcnn_slim_fpn", 120, 4, lr=0.02, warmup_iters=50, model_kwargs=slim),
+        DetectorRun("faster_rcnn_slim_fpn", 300, 4, lr=0.02, warmup_iters=50,
+                    model_kwargs=_slim_two_stage("faster_rcnn")),
+        DetectorRun("mask_rcnn_slim_fpn", 120, 4, lr=0.02, warmup_iters=50,
+                    model_kwargs=_slim_two_stage("mask_rcnn")),
         # RetinaNet is about 5x cheaper per iteration than the two-stage models
         DetectorRun("retinanet_slim_fpn", 200, 4, lr=0.01, warmup_iters=50),
         DetectorRun("cascade_rcnn_slim_fpn", 100, 4, lr=0.02, warmup_iters=50,
-                    model_kwargs=slim),
+                    model_kwargs=_slim_two_stage("cascade_rcnn")),
     )
 
 
 # cpu: the same detectors at 256 px for several minutes each (the sizing guide: AP 0.65 after
 # 8 minutes for Faster R-CNN slim at 256 px), plus the RPN and Cascade Mask R-CNN.
 def _cpu_runs() -> tuple[DetectorRun, ...]:
-    slim = _slim_two_stage()
     two_stage = ("faster_rcnn", "mask_rcnn", "cascade_rcnn", "cascade_mask_rcnn")
     runs = [DetectorRun(f"{f}_slim_fpn", 3000 if f == "faster_rcnn" else 1500, 4, lr=0.02,
-                        warmup_iters=200, model_kwargs=slim) for f in two_stage]
+                        warmup_iters=200, model_kwargs=_slim_two_stage(f)) for f in two_stage]
     runs.append(DetectorRun("retinanet_slim_fpn", 1500, 4, lr=0.01, warmup_iters=200))
     runs.append(DetectorRun("rpn_slim_fpn", 1500, 4, lr=0.02, warmup_iters=200))
     # real images: the first 112 COCO128 images, evaluated on its last 16 (glimpse.data)
     runs.append(DetectorRun("faster_rcnn_slim_fpn", 1500, 4, lr=0.02, warmup_iters=200,
-                            model_kwargs=slim, data="coco128"))
+                            model_kwargs=_slim_two_stage("faster_rcnn"), data="coco128"))
     return tuple(runs)
 
 
@@ -633,7 +637,7 @@ def two_stage_internals(model: nn.Module, image: Tensor) -> dict[str, Any]:
         [P] best foreground probability; ``feature_shapes``: (C, h, w) per level. Boxes are
         xyxy in original pixels.
     """
-    from glimpse.heads.roi_extractor import boxes_to_rois
+    from glimpse.heads.cascade import CascadeContext
 
     was_training = model.training
     model.eval()
@@ -641,26 +645,19 @@ def two_stage_internals(model: nn.Module, image: Tensor) -> dict[str, Any]:
         batch = model.preprocessor([image])
         feats = model.features(batch.tensor)
         raw = model.rpn_head(feats)
-        anchors = model.rpn_head.get_anchors(raw)
-        (props, scores), = model.rpn_head.predict(raw, anchors, batch.image_sizes)
+        anchors = model.rpn_head.get_anchors(raw, batch.image_sizes, batch.pad_sizes)
+        (found,) = model.rpn_head.predict(raw, anchors, batch.image_sizes)
+        props, scores = found["boxes"], found["scores"]
         sx, sy = batch.scale_factors(0)
         to_orig = props.new_tensor([sx, sy, sx, sy])
-        head = model.roi_head
-        boxes, stage_boxes, stage_scores = props[:, :4], [], []
-        # the cascade's inference loop (CascadeRoIHead.predict_boxes), keeping every stage
-        for stage in range(head.num_stages):
-            logits, deltas, _ = head.box_forward(stage, feats, boxes_to_rois([boxes]).to(feats[0]))
-            probs = logits.softmax(-1)
-            labels = probs[:, 1:].argmax(1) + 1
-            boxes = head.box_heads[stage].refine(boxes, deltas, labels, batch.image_sizes[0])
-            stage_boxes.append(boxes / to_orig)
-            stage_scores.append(probs[:, 1:].max(1).values)
+        _, stages = model.roi_head.predict_boxes(CascadeContext(feats, batch.image_sizes),
+                                                 [props], return_stages=True)
         return {
             "objectness": [lg[0].sigmoid().max(0).values for lg in raw[0]],
             "proposals": props[:, :4] / to_orig,
             "proposal_scores": scores,
-            "stage_boxes": stage_boxes,
-            "stage_scores": stage_scores,
+            "stage_boxes": [stage[0][0] / to_orig for stage in stages],
+            "stage_scores": [stage[0][1][:, 1:].max(1).values for stage in stages],
             "feature_shapes": [tuple(f.shape[1:]) for f in feats],
         }
     finally:

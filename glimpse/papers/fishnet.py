@@ -261,7 +261,7 @@ def classification_train_config(cfg: FishNetExperiment, num_images: int, seed: i
 
 def classification_metrics(cfg: FishNetExperiment) -> Evaluator:
     """Runner evaluator: top-1 / top-5 accuracy in percent on the val split."""
-    from glimpse.engine.evaluate import topk_accuracy
+    from glimpse.engine.metrics import topk_accuracy
 
     def evaluate(model: nn.Module, val_set: Any, device: str) -> dict[str, float]:
         scores, labels = predict_scores(model, val_set, device=device,

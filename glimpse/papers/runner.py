@@ -48,7 +48,7 @@ from torch.utils.data import Dataset, Subset
 
 from glimpse.engine.seed import seed_everything
 from glimpse.engine.train import TrainConfig, fit, load_checkpoint
-from glimpse.report import atomic_write
+from glimpse.io import atomic_write
 
 __all__ = [
     "Evaluator",
@@ -168,7 +168,7 @@ class TrainedRun(NamedTuple):
 class EvalSubset(Subset):
     """The first images of a COCO-style detection set, without touching the set.
 
-    Keeps what :func:`glimpse.engine.evaluate.evaluate_detector` reads: ``coco`` (the whole
+    Keeps what :func:`glimpse.engine.coco_eval.evaluate_detector` reads: ``coco`` (the whole
     ground truth), ``ids`` (this subset's image ids, so COCOeval only scores them),
     ``label_to_cat_id`` and ``class_names``.
     """
@@ -199,7 +199,7 @@ def coco_metrics(iou_types: Sequence[str] | None = None, batch_size: int = 1) ->
     ...), and the proposal recalls without ``@`` (``AR1000``, ``AR_S``, ...). COCOeval's -1
     (no ground truth in an area range) becomes NaN.
     """
-    from glimpse.engine.evaluate import evaluate_detector
+    from glimpse.engine.coco_eval import evaluate_detector
 
     prefixes = {"bbox": "box_", "segm": "mask_", "proposal": ""}
 
