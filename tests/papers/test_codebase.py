@@ -130,6 +130,21 @@ def test_full_profile_dry_check_builds_models():
     assert row["lr_steps"] == "58640/80630"
 
 
+@pytest.mark.parametrize("profile", ["smoke", "cpu"])
+def test_slim_profiles_build_every_model(profile):
+    """Every run's builder keywords are accepted; cascades keep their SmoothL1 RPN (beta 1/9)."""
+    from glimpse.detectors.two_stage import CASCADE_RPN
+
+    cfg = cb.resolve(profile, device="cpu")
+    table = cb.dry_check(cfg)
+    assert list(table["model"]) == [run.model for run in cfg.runs]
+    for run in cfg.runs:
+        if run.family == "cascade_rcnn":
+            rpn_cfg = run.model_kwargs["rpn_cfg"]
+            assert rpn_cfg.box_loss_beta == CASCADE_RPN.box_loss_beta
+            assert rpn_cfg.train_proposals.max_per_image == 300
+
+
 def test_baseline_table_beside_mmdet():
     cfg = cb.resolve("smoke", device="cpu")
     measured = {"faster_rcnn_slim_fpn": {"box_AP": 12.5},
