@@ -1,4 +1,5 @@
-"""Atomic file writes, shared by the reporter (``results/``) and the engine (checkpoints, logs).
+"""Atomic file writes, shared by the reporter (``results/``) and the engine (checkpoints, logs),
+and JSON reads that fail with one clear line.
 
 A module of its own so that the engine writes files without importing the reporter (and with it
 pandas).
@@ -6,11 +7,13 @@ pandas).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "read_json"]
 
 # mkstemp creates 0600 files; written files should get the usual permissions (0666 minus umask).
 _UMASK = os.umask(0)
@@ -41,3 +44,27 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
             pass
         raise
     return path
+
+
+def read_json(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> Any:
+    """Parse the JSON file ``path``, raising ``error`` with one line that names it.
+
+    Args:
+        path: the file.
+        what: what the file is, for the message (e.g. ``"results file"``).
+        error: exception type raised (a dataset error for annotation files).
+
+    Raises:
+        error: the file is missing, unreadable, not UTF-8 or not valid JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {what} not found")
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, "
+                    f"column {e.colno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: cannot read the {what} ({e})") from None

@@ -31,6 +31,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch import Tensor
 
+from glimpse.io import read_json
 from glimpse.structures import Target
 
 __all__ = [
@@ -67,16 +68,7 @@ def load_coco_json(ann_file: str | os.PathLike) -> dict[str, Any]:
     COCO's test-dev ``image_info`` files; it then reads as empty).
     """
     path = Path(ann_file)
-    if not path.is_file():
-        raise DatasetError(f"{path}: annotation file not found")
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, "
-                           f"column {e.colno})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: cannot read the annotation file ({e})") from None
+    data = read_json(path, "annotation file", DatasetError)
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: a COCO annotation file must hold a JSON object, "
                            f"found {type(data).__name__}")

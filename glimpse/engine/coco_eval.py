@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from glimpse.engine.distributed import resolve_device
+from glimpse.io import read_json
 from glimpse.structures import Detection, box_xyxy_to_xywh
 
 __all__ = [
@@ -207,16 +207,7 @@ def load_results(path: str | os.PathLike, iou_type: str = "bbox") -> list[dict[s
         ValueError: naming the file and the first problem (missing, not JSON, wrong fields).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: results file not found")
-    try:
-        with open(path, "rb") as f:
-            rows = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, "
-                         f"column {e.colno})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read the results file ({e})") from None
+    rows = read_json(path, "results file")
     if not isinstance(rows, list):
         raise ValueError(f"{path}: COCO results must be a JSON list, found {type(rows).__name__}")
     required = ["image_id", "bbox", "score"]
