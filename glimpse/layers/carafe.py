@@ -90,9 +90,9 @@ class CARAFE(nn.Module):
         self._check_input(x)
         masks = F.pixel_shuffle(self.content_encoder(self.channel_compressor(x)),
                                 self.scale_factor)
-        b, _, h, w = masks.shape
+        b, taps, h, w = masks.shape
         masks = masks.view(b, self.up_group, self.up_kernel**2, h, w).softmax(dim=2)
-        return masks.view(b, -1, h, w)
+        return masks.view(b, taps, h, w)
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, C, H, W] -> [B, C, sH, sW]."""
