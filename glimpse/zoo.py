@@ -47,6 +47,7 @@ from glimpse.backbones.resnet import (
 __all__ = [
     "BACKBONES",
     "BACKBONE_KWARGS",
+    "CARAFE_DETECTORS",
     "CLASSIFIERS",
     "DETECTORS",
     "MODELS",
@@ -155,6 +156,17 @@ MODELS: dict[str, ModelSpec] = {
                                 ("faster_rcnn", "fishnet150"), ("mask_rcnn", "fishnet_slim"),
                                 ("faster_rcnn", "fishnet_slim"))},
 }
+
+# CARAFE paper (issue 11): mmdet's FPN_CARAFE neck (an upsampler in every top-down step, P6 in the
+# top-down path, padding to 64) and, for Mask R-CNN, CARAFE in the mask head. Names follow mmdet:
+# ``<family>_<backbone>_fpn_carafe``; ``upsampler=<Table 2 name>`` swaps the neck's upsampler.
+CARAFE_DETECTORS: dict[str, Callable[..., nn.Module]] = {
+    "faster_rcnn_carafe": _lazy_builder("glimpse.detectors.carafe", "faster_rcnn_carafe"),
+    "mask_rcnn_carafe": _lazy_builder("glimpse.detectors.carafe", "mask_rcnn_carafe"),
+}
+DETECTORS.update(CARAFE_DETECTORS)
+MODELS.update({f"{family.removesuffix('_carafe')}_{backbone}_fpn_carafe": _spec(family, backbone)
+               for family in CARAFE_DETECTORS for backbone in RESNET_BACKBONES})
 
 
 # Image classifiers (``glimpse.classification.ImageClassifier``; default 1000 classes).

@@ -331,7 +331,8 @@ def faster_rcnn(
         size_divisor: padding multiple of the batch (32; 64 with CARAFE's FPN).
         neck: a ready neck replacing the default FPN (e.g. mmdet's ``FPN_CARAFE`` layout); it
             must output ``fpn_channels`` channels on 5 levels of strides 4..64.
-        upsampler: (neck) FPN top-down upsampler factory (None: nearest).
+        upsampler: (neck) FPN top-down upsampler factory, or a Table 2 upsampler name
+            (:data:`glimpse.layers.UPSAMPLERS`, e.g. ``"carafe"``); None: nearest.
         rpn_head: a ready :class:`~glimpse.heads.base.DenseHead` proposing boxes.
         rpn_cfg: (RPN) :class:`RPNConfig`; default ``RPNConfig()``.
         roi_head: a ready RoI head (:class:`~glimpse.heads.cascade.CascadeRoIHead` or subclass).

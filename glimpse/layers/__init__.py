@@ -1,1 +1,35 @@
+"""Layers: nn.Modules on top of the ops (CARAFE and the upsamplers of its Table 2)."""
 
+from glimpse.layers.carafe import CARAFE
+from glimpse.layers.upsamplers import (
+    PAPER_FLOPS,
+    UPSAMPLER_LABELS,
+    UPSAMPLERS,
+    DySample,
+    GuidedUpsample,
+    Interpolate,
+    InterpolateConv,
+    PixelShuffleUpsample,
+    SpatialAttentionUpsample,
+    TransposedConvUpsample,
+    carafe_paper_flops,
+    upsampler_factory,
+    upsampler_flops,
+)
+
+__all__ = [
+    "CARAFE",
+    "DySample",
+    "GuidedUpsample",
+    "Interpolate",
+    "InterpolateConv",
+    "PAPER_FLOPS",
+    "PixelShuffleUpsample",
+    "SpatialAttentionUpsample",
+    "TransposedConvUpsample",
+    "UPSAMPLERS",
+    "UPSAMPLER_LABELS",
+    "carafe_paper_flops",
+    "upsampler_factory",
+    "upsampler_flops",
+]

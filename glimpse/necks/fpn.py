@@ -27,7 +27,9 @@ builds one module per top-down step and calls it as ``module(x, size)`` with ``x
 interpolation to the exact size. A fixed-scale module ``m(x) -> [B, C, 2h, 2w]`` (CARAFE,
 deconv, pixel shuffle) plugs in through :class:`ScaleThenCrop`, which crops the result to
 ``size`` as mmdet's ``FPN_CARAFE`` does (``slice_as``); ``2h >= H`` always holds for stride-2
-backbones, since each level has ``ceil(H / 2)`` rows.
+backbones, since each level has ``ceil(H / 2)`` rows. ``upsampler`` may also name an upsampler
+of the CARAFE paper's Table 2 (:data:`glimpse.layers.UPSAMPLERS`: ``"carafe"``, ``"deconv"``,
+...), built at scale 2 and wrapped in :class:`ScaleThenCrop`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from glimpse.layers import upsampler_factory
 
 __all__ = ["FPN", "InterpolateUpsample", "ScaleThenCrop"]
 
@@ -89,6 +93,16 @@ class ScaleThenCrop(nn.Module):
         return y[..., : size[0], : size[1]]
 
 
+def _named_upsampler(name: str) -> Callable[[int], nn.Module]:
+    """FPN-contract factory of the Table 2 upsampler ``name``: scale 2, cropped to the lateral."""
+    fixed_scale = upsampler_factory(name, scale_factor=2)
+
+    def build(channels: int) -> nn.Module:
+        return ScaleThenCrop(fixed_scale(channels))
+
+    return build
+
+
 class FPN(nn.Module):
     """Feature pyramid over backbone maps of strides ``s, 2s, 4s, ...``.
 
@@ -99,7 +113,8 @@ class FPN(nn.Module):
         num_outs: number of returned levels; levels beyond the used inputs are "extra".
         add_extra: how extra levels are made (see the module docstring).
         upsampler: factory ``upsampler(channels) -> nn.Module`` following the upsampler contract
-            of the module docstring; ``None`` uses :class:`InterpolateUpsample` (nearest).
+            of the module docstring, or the name of a Table 2 upsampler; ``None`` uses
+            :class:`InterpolateUpsample` (nearest).
         start_level: index of the first input used (1 for RetinaNet: P3..P7 from C3..C5).
         relu_before_extra: apply ReLU before every extra conv except the first (mmdet
             ``relu_before_extra_convs``).
@@ -117,7 +132,7 @@ class FPN(nn.Module):
         out_channels: int = 256,
         num_outs: int = 5,
         add_extra: ExtraMode = "maxpool",
-        upsampler: Callable[[int], nn.Module] | None = None,
+        upsampler: Callable[[int], nn.Module] | str | None = None,
         start_level: int = 0,
         relu_before_extra: bool = False,
         extra_in_top_down: bool = False,
@@ -144,6 +159,8 @@ class FPN(nn.Module):
         self.extra_in_top_down = extra_in_top_down
         num_extra = num_outs - num_used
         factory = upsampler if upsampler is not None else InterpolateUpsample
+        if isinstance(upsampler, str):
+            factory = _named_upsampler(upsampler)
 
         used = self.in_channels[start_level:]
         self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in used)

@@ -53,7 +53,7 @@ def test_parameter_counts_match_mmdet(name):
     assert _count(model) == MMDET_PARAMS[name]
 
 
-@pytest.mark.parametrize("name", [n for n in zoo.names() if not n.endswith("_slim_fpn")])
+@pytest.mark.parametrize("name", [n for n in zoo.names() if "_slim_fpn" not in n])
 def test_every_full_size_name_builds(name):
     with torch.device("meta"):
         model = zoo.build(name, num_classes=7)
@@ -95,7 +95,7 @@ def _tiny_batch():
     return images, targets
 
 
-@pytest.mark.parametrize("name", [n for n in zoo.names() if n.endswith("_slim_fpn")])
+@pytest.mark.parametrize("name", [n for n in zoo.names() if "_slim_fpn" in n])
 def test_slim_models_train_and_eval(name):
     torch.manual_seed(0)
     model = zoo.build(name, num_classes=2, image_scale=(64, 64))
@@ -162,6 +162,17 @@ ZOO_TABLE = {
     'rpn_slim_fpn': ('rpn', 'slim', {'fpn_channels': 64}, 0.02),
     'rpn_x101_32x4d_fpn': ('rpn', 'x101_32x4d', {}, 0.02),
     'rpn_x50_32x4d_fpn': ('rpn', 'x50_32x4d', {}, 0.02),
+    # CARAFE paper: FPN_CARAFE neck (+ CARAFE mask head), every ResNet backbone
+    'faster_rcnn_r101_fpn_carafe': ('faster_rcnn_carafe', 'r101', {}, 0.02),
+    'faster_rcnn_r50_fpn_carafe': ('faster_rcnn_carafe', 'r50', {}, 0.02),
+    'faster_rcnn_slim_fpn_carafe': ('faster_rcnn_carafe', 'slim', {'fpn_channels': 64}, 0.02),
+    'faster_rcnn_x101_32x4d_fpn_carafe': ('faster_rcnn_carafe', 'x101_32x4d', {}, 0.02),
+    'faster_rcnn_x50_32x4d_fpn_carafe': ('faster_rcnn_carafe', 'x50_32x4d', {}, 0.02),
+    'mask_rcnn_r101_fpn_carafe': ('mask_rcnn_carafe', 'r101', {}, 0.02),
+    'mask_rcnn_r50_fpn_carafe': ('mask_rcnn_carafe', 'r50', {}, 0.02),
+    'mask_rcnn_slim_fpn_carafe': ('mask_rcnn_carafe', 'slim', {'fpn_channels': 64}, 0.02),
+    'mask_rcnn_x101_32x4d_fpn_carafe': ('mask_rcnn_carafe', 'x101_32x4d', {}, 0.02),
+    'mask_rcnn_x50_32x4d_fpn_carafe': ('mask_rcnn_carafe', 'x50_32x4d', {}, 0.02),
 }
 
 
