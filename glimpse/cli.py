@@ -374,6 +374,12 @@ def _add_data(sub) -> None:
                    help="read only image headers (does not find truncated images)")
     c.add_argument("--max-examples", type=int, default=5,
                    help="examples printed per kind of problem")
+    c.add_argument("--sem-seg-dir", type=Path, default=None,
+                   help="also check the semantic label maps <file stem>.png in this folder "
+                        "(COCO-stuff stuffthingmaps/<split>2017)")
+    c.add_argument("--sem-seg-classes", type=int, default=None,
+                   help="number of semantic classes (183 for COCO-stuff): report labels "
+                        "beyond it other than 255")
     c.set_defaults(run=_data_check)
 
 
@@ -382,7 +388,8 @@ def _data_check(args: argparse.Namespace) -> int:
     from glimpse.data.check import check_coco
 
     try:
-        report = check_coco(args.image_dir, args.ann, decode=not args.fast)
+        report = check_coco(args.image_dir, args.ann, decode=not args.fast,
+                            sem_seg_dir=args.sem_seg_dir, sem_seg_classes=args.sem_seg_classes)
     except DatasetError as e:
         raise CommandError(str(e), status=2) from None
     print(report.format(args.max_examples))

@@ -27,6 +27,7 @@ __all__ = [
     "resize_target",
     "normalize",
     "pad_batch",
+    "pad_semantic_maps",
     "ImageBatch",
     "DetectionPreprocessor",
     "paste_masks",
@@ -110,6 +111,26 @@ def pad_batch(images: Sequence[Tensor], size_divisor: int = 32,
     for i, im in enumerate(images):
         batch[i, :, : im.shape[-2], : im.shape[-1]].copy_(im)
     return batch, sizes
+
+
+def pad_semantic_maps(targets: Sequence[Target], size: tuple[int, int],
+                      ignore_index: int = 255) -> Tensor:
+    """Stack the targets' ``sem_seg`` maps into CPU int64 [B, H, W], padding bottom/right with
+    ``ignore_index`` to ``size`` (the padded batch's (height, width)).
+
+    mmdet pads each map to its image's pad shape with 255 but pads a batch with 0 (a class)
+    when collating; glimpse pads both with the ignore value.
+    """
+    out = torch.full((len(targets), *size), ignore_index, dtype=torch.long)
+    for i, t in enumerate(targets):
+        seg = t.get("sem_seg")
+        if seg is None:
+            raise ValueError(f"target {i} (image_id {t.get('image_id', '?')}): a semantic head "
+                             "needs 'sem_seg' maps (COCO: stuffthingmaps beside the images)")
+        if seg.shape[0] > size[0] or seg.shape[1] > size[1]:
+            raise ValueError(f"target {i}: sem_seg {tuple(seg.shape)} exceeds the batch {size}")
+        out[i, : seg.shape[0], : seg.shape[1]] = seg.to(device="cpu", dtype=torch.long)
+    return out
 
 
 @dataclass
@@ -236,6 +257,10 @@ class DetectionPreprocessor(nn.Module):
                 raise ValueError(f"{tag}: labels must be 1..K (0 is background)")
             if not torch.isfinite(boxes).all():
                 raise ValueError(f"{tag}: non-finite box coordinates")
+            seg = t.get("sem_seg")
+            if seg is not None and tuple(seg.shape) != tuple(images[i].shape[1:]):
+                raise ValueError(f"{tag}: sem_seg of shape {tuple(seg.shape)} does not match "
+                                 f"the {images[i].shape[1]}x{images[i].shape[2]} image")
 
     def postprocess(self, detections: Sequence[dict[str, Tensor]], batch: ImageBatch,
                     mask_threshold: float = 0.5) -> list[Detection]:

@@ -169,6 +169,16 @@ MODELS.update({f"{family.removesuffix('_carafe')}_{backbone}_fpn_carafe": _spec(
                for family in CARAFE_DETECTORS for backbone in RESNET_BACKBONES})
 
 
+# Hybrid Task Cascade (issue 13): with and without its semantic branch, on every ResNet backbone.
+_HTC_FAMILIES: dict[str, Callable[..., nn.Module]] = {
+    "htc": _lazy_builder("glimpse.detectors.htc", "htc"),
+    "htc_without_semantic": _lazy_builder("glimpse.detectors.htc", "htc_without_semantic"),
+}
+DETECTORS.update(_HTC_FAMILIES)
+MODELS.update({f"{family}_{backbone}_fpn": _spec(family, backbone)
+               for family in _HTC_FAMILIES for backbone in RESNET_BACKBONES})
+
+
 # Image classifiers (``glimpse.classification.ImageClassifier``; default 1000 classes).
 CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
     name: _lazy_builder("glimpse.classification", fn_name)

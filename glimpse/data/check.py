@@ -10,9 +10,15 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from glimpse.data.coco import DatasetError, find_structure_problems, load_coco_json
+from glimpse.data.coco import (
+    DatasetError,
+    find_structure_problems,
+    load_coco_json,
+    segmentation_problem,
+)
 
 __all__ = ["CheckReport", "check_coco"]
 
@@ -87,7 +93,42 @@ def _check_image(report: CheckReport, image_dir: Path, im: dict, decode: bool) -
         report.add("unreadable_image", f"{where}: {e}")
 
 
-def check_coco(image_dir: str | Path, ann_file: str | Path, *, decode: bool = True) -> CheckReport:
+def _check_semantic_map(report: CheckReport, sem_seg_dir: Path, im: dict,
+                        num_classes: int | None, ignore_index: int) -> None:
+    """The image's ``<stem>.png`` label map: present, decodable, single-channel, the image's
+    size and, with ``num_classes``, labels in ``0..num_classes-1`` or ``ignore_index``."""
+    path = sem_seg_dir / (Path(str(im["file_name"])).stem + ".png")
+    where = f"{path} (image id {im['id']})"
+    if not path.is_file():
+        report.add("missing_semantic_map", f"{where}: file not found")
+        return
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        report.add("unreadable_semantic_map", f"{where}: {e}")
+        return
+    if arr.ndim != 2:
+        report.add("semantic_map_not_single_channel",
+                   f"{where}: shape {arr.shape}; labels must be one channel of class indices "
+                   f"(a colour PNG is not a label map)")
+        return
+    if arr.shape != (im["height"], im["width"]):
+        report.add("semantic_map_size_mismatch",
+                   f"{where}: map is {arr.shape[0]}x{arr.shape[1]} (HxW), image is "
+                   f"{im['height']}x{im['width']}")
+    if num_classes is not None:
+        values = np.unique(arr)
+        bad = values[(values != ignore_index) & ((values < 0) | (values >= num_classes))]
+        if bad.size:
+            report.add("semantic_label_out_of_range",
+                       f"{where}: labels {bad[:5].tolist()} are outside 0..{num_classes - 1} "
+                       f"and not the ignore value {ignore_index}")
+
+
+def check_coco(image_dir: str | Path, ann_file: str | Path, *, decode: bool = True,
+               sem_seg_dir: str | Path | None = None, sem_seg_classes: int | None = None,
+               ignore_index: int = 255) -> CheckReport:
     """Validate a COCO instances data set and collect every problem.
 
     Kinds reported: those of :func:`~glimpse.data.coco.find_structure_problems`
@@ -95,13 +136,23 @@ def check_coco(image_dir: str | Path, ann_file: str | Path, *, decode: bool = Tr
     ``duplicate_category_id``, ``unknown_image_id``, ``unknown_category_id``, ``bad_bbox``)
     plus ``missing_image``, ``unreadable_image``, ``size_mismatch``, ``zero_area_box``
     (width or height <= 0), ``box_outside_image`` (more than 1 px beyond the image border),
-    ``non_finite_box``.
+    ``non_finite_box``, ``bad_segmentation`` (a polygon with an odd number of coordinates or
+    fewer than 3 points, an RLE whose size is not the image's or whose runs do not cover it,
+    undecodable RLE counts) and, with ``sem_seg_dir``, ``missing_semantic_map``,
+    ``unreadable_semantic_map``, ``semantic_map_not_single_channel``,
+    ``semantic_map_size_mismatch`` and, with ``sem_seg_classes``,
+    ``semantic_label_out_of_range``.
 
     Args:
         image_dir: folder of the images' ``file_name``.
         ann_file: the COCO JSON.
         decode: fully decode each image (finds truncated files; slower). ``False`` reads only
             the headers.
+        sem_seg_dir: folder of the ``<file stem>.png`` semantic label maps (COCO-stuff
+            ``stuffthingmaps/<split>2017``), checked when given.
+        sem_seg_classes: number of semantic classes (183 for COCO-stuff); labels beyond it
+            (other than ``ignore_index``) are reported.
+        ignore_index: the maps' unlabelled value (255).
 
     Raises:
         DatasetError: the annotation file is missing, is not JSON or lacks ``images`` /
@@ -113,6 +164,10 @@ def check_coco(image_dir: str | Path, ann_file: str | Path, *, decode: bool = Tr
     report.problems.update(find_structure_problems(data))
     if not image_dir.is_dir():
         report.add("missing_image", f"{image_dir}: image folder not found")
+    sem_seg_dir = Path(sem_seg_dir) if sem_seg_dir is not None else None
+    if sem_seg_dir is not None and not sem_seg_dir.is_dir():
+        report.add("missing_semantic_map", f"{sem_seg_dir}: semantic map folder not found")
+        sem_seg_dir = None
 
     images = {}
     for im in data["images"]:
@@ -123,6 +178,8 @@ def check_coco(image_dir: str | Path, ann_file: str | Path, *, decode: bool = Tr
             images.setdefault(im["id"], im)
         if image_dir.is_dir():
             _check_image(report, image_dir, im, decode)
+        if sem_seg_dir is not None:
+            _check_semantic_map(report, sem_seg_dir, im, sem_seg_classes, ignore_index)
 
     for a in data["annotations"]:
         box = a.get("bbox") if isinstance(a, dict) else None
@@ -145,4 +202,8 @@ def check_coco(image_dir: str | Path, ann_file: str | Path, *, decode: bool = Tr
         if x < -tol or y < -tol or x + w > im["width"] + tol or y + h > im["height"] + tol:
             report.add("box_outside_image", f"{where}: bbox {box} (xywh) exceeds the "
                                             f"{im['width']}x{im['height']} (WxH) image")
+        if "segmentation" in a:
+            problem = segmentation_problem(a["segmentation"], im["height"], im["width"])
+            if problem:
+                report.add("bad_segmentation", f"{where}: {problem}")
     return report

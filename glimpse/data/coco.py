@@ -42,6 +42,7 @@ __all__ = [
     "find_structure_problems",
     "load_image",
     "decode_segmentation",
+    "segmentation_problem",
     "load_proposals",
     "rle_decode",
 ]
@@ -248,6 +249,73 @@ def decode_segmentation(segm: Any, height: int, width: int) -> np.ndarray:
     else:
         raise ValueError(f"unsupported segmentation of type {type(segm).__name__}")
     return np.ascontiguousarray(rle_decode(rle), dtype=np.uint8)
+
+
+def _rle_string_counts(counts: str) -> list[int] | None:
+    """Run lengths of a compressed RLE string (pycocotools' ``rleFrString``: 5 bits a
+    character from ``'0'``, continuation bit 0x20, sign bit 0x10, counts after the second
+    delta-coded), or None when a character is outside the alphabet or a run is cut off."""
+    out: list[int] = []
+    p = 0
+    while p < len(counts):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(counts):
+                return None
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return out
+
+
+def segmentation_problem(segm: Any, height: int, width: int) -> str | None:
+    """Why a COCO ``segmentation`` cannot be decoded right for a ``height x width`` image, or
+    None when it can.
+
+    Polygons must be lists of an even number (at least 6) of finite numbers; an RLE needs
+    ``size == [height, width]`` and run lengths (a list, or pycocotools' compressed string)
+    that are non-negative and add up to ``height * width``. pycocotools decodes many broken
+    RLEs into garbage without an error, hence the explicit checks.
+    """
+    if isinstance(segm, list):
+        for i, poly in enumerate(segm):
+            if not (isinstance(poly, list) and all(_is_number(v) and math.isfinite(v)
+                                                   for v in poly)):
+                return f"polygon {i} is not a list of numbers"
+            if len(poly) % 2:
+                return f"polygon {i} has an odd number of coordinates ({len(poly)})"
+            if len(poly) < 6:
+                return f"polygon {i} has fewer than 3 points ({len(poly)} coordinates)"
+        return None
+    if not (isinstance(segm, dict) and "size" in segm and "counts" in segm):
+        return "segmentation is neither a list of polygons nor an RLE dict with size and counts"
+    if segm["size"] != [height, width]:
+        return f"RLE size {segm['size']!r} is not the image's [{height}, {width}]"
+    counts = segm["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii", errors="replace")
+    if isinstance(counts, str):
+        runs = _rle_string_counts(counts)
+        if runs is None:
+            return "compressed RLE counts are not a valid pycocotools string"
+    elif isinstance(counts, list) and all(_is_int(v) for v in counts):
+        runs = counts
+    else:
+        return "RLE counts are neither a list of integers nor a compressed string"
+    if any(r < 0 for r in runs):
+        return "RLE has negative run lengths"
+    if sum(runs) != height * width:
+        return f"RLE run lengths add up to {sum(runs)}, not {height} x {width} = {height * width}"
+    return None
 
 
 def rle_decode(rle: dict | list) -> np.ndarray:
@@ -488,6 +556,12 @@ class CocoDetection(torch.utils.data.Dataset):
         if self.with_masks:
             masks = np.zeros((len(anns), h, w), dtype=np.uint8)
             for i, ann in enumerate(anns):
+                segm = ann["segmentation"]
+                problem = (segmentation_problem(segm, h, w) if isinstance(segm, dict)
+                           else None)
+                if problem:
+                    raise DatasetError(f"{self.ann_file}: annotation {ann['id']} (image "
+                                       f"{img_id}): {problem}")
                 try:
                     masks[i] = decode_segmentation(ann["segmentation"], h, w)
                 except Exception as e:  # pycocotools raises bare exceptions on bad RLE

@@ -25,13 +25,13 @@ from torch import Tensor, nn
 
 from glimpse.detectors.parts import check_part
 from glimpse.heads.base import DenseHead
-from glimpse.heads.cascade import CASCADE_IOUS, CASCADE_STDS, CascadeRoIHead
+from glimpse.heads.cascade import CASCADE_IOUS, CASCADE_STDS, CascadeContext, CascadeRoIHead
 from glimpse.heads.roi_box import BoxHead, RCNNTestConfig, RCNNTrainConfig
 from glimpse.heads.roi_mask import FCNMaskHead
 from glimpse.heads.rpn import ProposalConfig, RPNHead, RPNTrainConfig
 from glimpse.heads.standard import StandardRoIHead
 from glimpse.necks.fpn import FPN
-from glimpse.preprocess import DetectionPreprocessor, ImageBatch
+from glimpse.preprocess import DetectionPreprocessor, ImageBatch, pad_semantic_maps
 from glimpse.structures import Detection, Target
 
 __all__ = [
@@ -67,6 +67,11 @@ class TwoStageDetector(nn.Module):
             or None; called as ``loss(feats, proposals, targets, image_sizes)`` and
             ``predict(feats, proposals, image_sizes)``.
         preprocessor: resize / normalise / pad and the inverse mapping.
+        semantic_head: optional semantic branch over the whole pyramid (HTC's
+            :class:`~glimpse.heads.semantic.FusedSemanticHead`): ``forward(feats) -> (logits,
+            semantic_feat)`` and ``loss(logits, labels [B, H, W]) -> dict``. Its feature map
+            goes to the RoI head as ``context.semantic_feat``; training needs
+            ``targets[i]["sem_seg"]``.
     """
 
     def __init__(
@@ -76,15 +81,19 @@ class TwoStageDetector(nn.Module):
         rpn_head: DenseHead | None,
         roi_head: CascadeRoIHead | None,
         preprocessor: DetectionPreprocessor,
+        semantic_head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if rpn_head is None and roi_head is None:
             raise ValueError("a two-stage detector needs an RPN head, a RoI head or both")
+        if semantic_head is not None and roi_head is None:
+            raise ValueError("semantic_head feeds the RoI head: pass a roi_head too")
         self.preprocessor = preprocessor
         self.backbone = backbone
         self.neck = neck
         self.rpn_head = rpn_head
         self.roi_head = roi_head
+        self.semantic_head = semantic_head
 
     def features(self, images: Tensor) -> list[Tensor]:
         """[B, 3, H, W] normalised padded batch -> pyramid levels, finest first."""
@@ -109,7 +118,8 @@ class TwoStageDetector(nn.Module):
 
         Returns:
             Train: a loss dict (``loss_rpn_cls``, ``loss_rpn_box``, ``loss_cls``, ``loss_box``,
-            ``loss_mask`` or per-stage ``loss_*_s{t}``, plus ``stats_*``). Eval: one
+            ``loss_mask`` or per-stage ``loss_*_s{t}``, ``loss_semantic_seg`` with a semantic
+            head, plus ``stats_*``). Eval: one
             :class:`~glimpse.structures.Detection` per image in original pixels.
         """
         if self.training and targets is None:
@@ -141,10 +151,26 @@ class TwoStageDetector(nn.Module):
         found = self.rpn_head.predict(raw, anchors, batch.image_sizes)
         return losses, [d["boxes"] for d in found], [d["scores"] for d in found]
 
+    def _semantic(self, feats: list[Tensor], batch: ImageBatch
+                  ) -> tuple[dict[str, Tensor], CascadeContext | None]:
+        """The semantic branch's loss (train mode) and the RoI head's context holding its
+        feature map; ``({}, None)`` without a semantic head."""
+        if self.semantic_head is None:
+            return {}, None
+        logits, semantic_feat = self.semantic_head(feats)
+        losses = {}
+        if self.training:
+            labels = pad_semantic_maps(batch.targets, tuple(batch.tensor.shape[-2:]))
+            losses = self.semantic_head.loss(logits, labels.to(logits.device))
+        return losses, CascadeContext(feats, batch.image_sizes, semantic_feat=semantic_feat)
+
     def _losses(self, feats: list[Tensor], batch: ImageBatch) -> dict[str, Tensor]:
         losses, props, _ = self._proposals(feats, batch)
         if self.roi_head is not None:
-            losses.update(self.roi_head.loss(feats, props, batch.targets, batch.image_sizes))
+            semantic_losses, context = self._semantic(feats, batch)
+            losses.update(semantic_losses)
+            losses.update(self.roi_head.loss(feats, props, batch.targets, batch.image_sizes,
+                                             context=context))
         return losses
 
     @torch.no_grad()
@@ -153,7 +179,8 @@ class TwoStageDetector(nn.Module):
         if self.roi_head is None:
             return [{"boxes": b, "scores": s, "labels": torch.ones_like(s, dtype=torch.long)}
                     for b, s in zip(props, scores)]
-        return self.roi_head.predict(feats, props, batch.image_sizes)
+        _, context = self._semantic(feats, batch)
+        return self.roi_head.predict(feats, props, batch.image_sizes, context=context)
 
 
 # ------------------------------------------------------------------------------- recipes

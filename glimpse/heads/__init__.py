@@ -1,2 +1,2 @@
-"""Dense heads (RPN, RetinaNet) and RoI heads (box, mask, standard, cascade): forward / loss /
-predict."""
+"""Dense heads (RPN, RetinaNet), RoI heads (box, mask, standard, cascade, htc) and HTC's fused
+semantic head: forward / loss / predict."""

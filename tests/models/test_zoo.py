@@ -21,10 +21,12 @@ MMDET_PARAMS = {
     "cascade_mask_rcnn_r50_fpn": 77_324_606,
     "faster_rcnn_x101_32x4d_fpn": 60_373_728,
     "mask_rcnn_x101_32x4d_fpn": 63_017_008,
+    "htc_r50_fpn": 80_258_293,
+    "htc_without_semantic_r50_fpn": 77_456_190,
 }
 
 FAMILIES = ["faster_rcnn", "mask_rcnn", "fast_rcnn", "rpn", "retinanet", "cascade_rcnn",
-            "cascade_mask_rcnn"]
+            "cascade_mask_rcnn", "htc", "htc_without_semantic"]
 BACKBONES = ["r50", "r101", "x50_32x4d", "x101_32x4d", "slim"]
 
 
@@ -89,6 +91,10 @@ def _tiny_batch():
     ]
     targets[0]["masks"][0, 6:50, 4:40] = 1
     targets[0]["masks"][1, 10:30, 30:70] = 1
+    for t, image in zip(targets, images):  # HTC's semantic branch trains on stuff maps
+        t["sem_seg"] = torch.zeros(image.shape[1:], dtype=torch.long)
+        for box, label in zip(t["boxes"].long(), t["labels"]):
+            t["sem_seg"][box[1]:box[3], box[0]:box[2]] = label
     for t in targets:  # Fast R-CNN trains on given proposals
         t["proposals"] = torch.cat((t["boxes"], torch.tensor([[0.0, 0.0, 32.0, 32.0],
                                                               [10.0, 8.0, 44.0, 40.0]])))
@@ -132,6 +138,9 @@ ZOO_TABLE = {
     'cascade_rcnn_x101_32x4d_fpn': ('cascade_rcnn', 'x101_32x4d', {}, 0.02),
     'cascade_rcnn_x50_32x4d_fpn': ('cascade_rcnn', 'x50_32x4d', {}, 0.02),
     'fast_rcnn_r101_fpn': ('fast_rcnn', 'r101', {}, 0.02),
+    **{f'{family}_{backbone}_fpn': (family, backbone,
+                                    {'fpn_channels': 64} if backbone == 'slim' else {}, 0.02)
+       for family in ('htc', 'htc_without_semantic') for backbone in BACKBONES},
     'fast_rcnn_r50_fpn': ('fast_rcnn', 'r50', {}, 0.02),
     'fast_rcnn_slim_fpn': ('fast_rcnn', 'slim', {'fpn_channels': 64}, 0.02),
     'fast_rcnn_x101_32x4d_fpn': ('fast_rcnn', 'x101_32x4d', {}, 0.02),
