@@ -270,7 +270,7 @@ def _add_bench(sub) -> None:
         "bench", help="benchmarks: ratios against a baseline in the same run",
         description="Time glimpse against a baseline in the same run and write the ratios "
                     "under results/bench/ (machines are noisy; only same-run ratios count).")
-    benches = p.add_subparsers(dest="bench", metavar="{carafe,detectors}")
+    benches = p.add_subparsers(dest="bench", metavar="{carafe,detectors,masked_conv}")
     p.set_defaults(run=lambda args: _print_help(p))
 
     c = benches.add_parser(
@@ -303,6 +303,17 @@ def _add_bench(sub) -> None:
     d.add_argument("--train-batch", type=int, default=1, help="images per training step")
     d.add_argument("--no-write", action="store_true", help="print only")
     d.set_defaults(run=_bench_detectors)
+
+    m = benches.add_parser(
+        "masked_conv", help="masked convolution (guided anchoring) against dense conv2d",
+        description="glimpse.ops.masked_conv2d against F.conv2d, 256 channels, 3x3, at kept-"
+                    "location densities 1..100%% on GA-RPN's P2..P6 maps of an 800x1216 "
+                    "image (see glimpse.bench.masked_conv).")
+    m.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
+    m.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    m.add_argument("--quick", action="store_true", help="P5 only (a smoke test); writes nothing")
+    m.add_argument("--no-write", action="store_true", help="print only")
+    m.set_defaults(run=_bench_masked_conv)
 
 
 def _bench_carafe(args: argparse.Namespace) -> int:
@@ -353,6 +364,26 @@ def _bench_detectors(args: argparse.Namespace) -> int:
         machine = {"threads": args.threads, "repeats": args.repeats,
                    "torch": torch.__version__, "device": "cpu"}
         print(f"wrote {write_bench('detectors', df, machine=machine)}")
+    return 0
+
+
+def _bench_masked_conv(args: argparse.Namespace) -> int:
+    import torch
+
+    from glimpse.bench import masked_conv as bench
+    from glimpse.ops import kernel_status
+    from glimpse.report import write_bench
+
+    if args.repeats < 1 or args.threads < 1:
+        raise CommandError("--repeats and --threads must be >= 1", 2)
+    levels = bench.QUICK_LEVELS if args.quick else bench.GA_RPN_LEVELS
+    df = bench.run(levels, repeats=args.repeats, threads=args.threads)
+    compiled = "cpu" in kernel_status()["ops"].get("masked_conv2d", [])
+    print(df.round(3).to_string(index=False))
+    if not args.no_write and not args.quick:
+        machine = {"threads": args.threads, "repeats": args.repeats, "compiled": compiled,
+                   "torch": torch.__version__, "device": "cpu"}
+        print(f"wrote {write_bench('masked_conv', df, machine=machine)}")
     return 0
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "sigmoid_focal_loss",
     "mask_cross_entropy",
     "accuracy",
+    "bounded_iou_loss",
 ]
 
 Reduction = Literal["mean", "sum", "none"]
@@ -207,3 +208,57 @@ def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     if labels.numel() == 0:
         return logits.new_zeros(())
     return (logits.argmax(dim=1) == labels).float().mean() * 100.0
+
+
+def bounded_iou_loss(
+    pred: Tensor,
+    target: Tensor,
+    beta: float = 0.2,
+    eps: float = 1e-3,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    """Bounded IoU loss (Tychsen-Smith & Petersson, CVPR 2018; Guided Anchoring's shape loss),
+    as mmdet's ``bounded_iou_loss``.
+
+    Per box, four bounds on the IoU with the target, each ``1 - bound`` smoothed like SmoothL1
+    with ``beta`` (``0.5 x^2 / beta`` below ``beta``, ``x - 0.5 beta`` above)::
+
+        dx: 1 - max((w_t - 2|dx|) / (w_t + 2|dx| + eps), 0)     (dy alike, with h_t)
+        dw: 1 - min(w_t / (w_p + eps), w_p / (w_t + eps))       (dh alike)
+
+    with ``dx`` the centre offset. The target's centre and size carry no gradient.
+
+    Args:
+        pred: [N, 4] xyxy predicted boxes.
+        target: [N, 4] xyxy target boxes.
+        beta: smoothing threshold (0.2 in GA).
+        eps: keeps the ratios finite (1e-3).
+        weight: [N, 4] (or broadcastable) element weights.
+        reduction: "mean", "sum" or "none" (of the [N, 4] element losses).
+        avg_factor: normaliser replacing the element count of "mean".
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    if pred.shape != target.shape or (pred.dim() == 2 and pred.shape[-1] != 4):
+        raise ValueError(f"bounded_iou_loss needs [N, 4] pred and target, got "
+                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
+    if target.numel() == 0:
+        return pred.sum() * 0
+    pred_w = pred[:, 2] - pred[:, 0]
+    pred_h = pred[:, 3] - pred[:, 1]
+    pred_cx = (pred[:, 0] + pred[:, 2]) * 0.5
+    pred_cy = (pred[:, 1] + pred[:, 3]) * 0.5
+    target = target.detach()
+    target_w = target[:, 2] - target[:, 0]
+    target_h = target[:, 3] - target[:, 1]
+    dx = ((target[:, 0] + target[:, 2]) * 0.5 - pred_cx).abs()
+    dy = ((target[:, 1] + target[:, 3]) * 0.5 - pred_cy).abs()
+    loss_dx = 1 - ((target_w - 2 * dx) / (target_w + 2 * dx + eps)).clamp(min=0)
+    loss_dy = 1 - ((target_h - 2 * dy) / (target_h + 2 * dy + eps)).clamp(min=0)
+    loss_dw = 1 - torch.min(target_w / (pred_w + eps), pred_w / (target_w + eps))
+    loss_dh = 1 - torch.min(target_h / (pred_h + eps), pred_h / (target_h + eps))
+    loss = torch.stack((loss_dx, loss_dy, loss_dw, loss_dh), dim=-1)  # [N, 4]
+    loss = torch.where(loss < beta, 0.5 * loss * loss / beta, loss - 0.5 * beta)
+    return weight_reduce(loss, weight, reduction, avg_factor)

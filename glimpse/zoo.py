@@ -179,6 +179,16 @@ MODELS.update({f"{family}_{backbone}_fpn": _spec(family, backbone)
                for family in _HTC_FAMILIES for backbone in RESNET_BACKBONES})
 
 
+# Guided Anchoring (issue 10): GA-RPN, GA-Faster / GA-Fast R-CNN and GA-RetinaNet, every ResNet
+# backbone; lr 0.02 (two-stage) and 0.01 (GA-RetinaNet) as their mmdet configs.
+_GA_FAMILIES = ("ga_rpn", "ga_faster_rcnn", "ga_fast_rcnn", "ga_retinanet")
+DETECTORS.update({family: _lazy_builder("glimpse.detectors.guided_anchoring", family)
+                  for family in _GA_FAMILIES})
+_FAMILY_BASE_LR["ga_retinanet"] = 0.01
+_SLIM_FAMILY_DEFAULTS["ga_retinanet"] = {"tower_init": "kaiming"}
+MODELS.update({f"{family}_{backbone}_fpn": _spec(family, backbone)
+               for family in _GA_FAMILIES for backbone in RESNET_BACKBONES})
+
 # Image classifiers (``glimpse.classification.ImageClassifier``; default 1000 classes).
 CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
     name: _lazy_builder("glimpse.classification", fn_name)

@@ -28,7 +28,13 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from glimpse.assign import AnchorGenerator, DeltaXYWHBoxCoder, MaxIoUAssigner, anchor_targets
+from glimpse.assign import (
+    AnchorGenerator,
+    DeltaXYWHBoxCoder,
+    MaxIoUAssigner,
+    anchor_targets,
+    approx_anchor_generator,
+)
 from glimpse.heads.base import (
     ImageAnchors,
     check_loss_weights,
@@ -70,8 +76,7 @@ def retina_anchor_generator(
         An :class:`~glimpse.assign.AnchorGenerator` with 9 anchors per location by default
         (32 to 813 px sides across P3..P7 at ratio 1).
     """
-    scales = [octave_base_scale * 2 ** (i / scales_per_octave) for i in range(scales_per_octave)]
-    return AnchorGenerator(strides=strides, ratios=ratios, scales=scales)
+    return approx_anchor_generator(strides, octave_base_scale, scales_per_octave, ratios)
 
 
 class RetinaHead(nn.Module):

@@ -1,6 +1,8 @@
-"""Layers: nn.Modules on top of the ops (CARAFE and the upsamplers of its Table 2)."""
+"""Layers: nn.Modules on top of glimpse.ops and torchvision.ops (CARAFE and the upsamplers of
+its Table 2, guided anchoring's FeatureAdaption)."""
 
 from glimpse.layers.carafe import CARAFE
+from glimpse.layers.feature_adaption import FeatureAdaption
 from glimpse.layers.upsamplers import (
     PAPER_FLOPS,
     UPSAMPLER_LABELS,
@@ -20,6 +22,7 @@ from glimpse.layers.upsamplers import (
 __all__ = [
     "CARAFE",
     "DySample",
+    "FeatureAdaption",
     "GuidedUpsample",
     "Interpolate",
     "InterpolateConv",

@@ -113,7 +113,7 @@ def test_slim_models_train_and_eval(name):
     total.backward()
     model.eval()
     with torch.no_grad():
-        if name.startswith("fast_rcnn"):
+        if zoo.MODELS[name].detector in ("fast_rcnn", "ga_fast_rcnn"):
             dets = model(images, proposals=[t["proposals"] for t in targets])
         else:
             dets = model(images)
@@ -153,6 +153,27 @@ ZOO_TABLE = {
     'faster_rcnn_slim_fpn': ('faster_rcnn', 'slim', {'fpn_channels': 64}, 0.02),
     'faster_rcnn_x101_32x4d_fpn': ('faster_rcnn', 'x101_32x4d', {}, 0.02),
     'faster_rcnn_x50_32x4d_fpn': ('faster_rcnn', 'x50_32x4d', {}, 0.02),
+    'ga_fast_rcnn_r101_fpn': ('ga_fast_rcnn', 'r101', {}, 0.02),
+    'ga_fast_rcnn_r50_fpn': ('ga_fast_rcnn', 'r50', {}, 0.02),
+    'ga_fast_rcnn_slim_fpn': ('ga_fast_rcnn', 'slim', {'fpn_channels': 64}, 0.02),
+    'ga_fast_rcnn_x101_32x4d_fpn': ('ga_fast_rcnn', 'x101_32x4d', {}, 0.02),
+    'ga_fast_rcnn_x50_32x4d_fpn': ('ga_fast_rcnn', 'x50_32x4d', {}, 0.02),
+    'ga_faster_rcnn_r101_fpn': ('ga_faster_rcnn', 'r101', {}, 0.02),
+    'ga_faster_rcnn_r50_fpn': ('ga_faster_rcnn', 'r50', {}, 0.02),
+    'ga_faster_rcnn_slim_fpn': ('ga_faster_rcnn', 'slim', {'fpn_channels': 64}, 0.02),
+    'ga_faster_rcnn_x101_32x4d_fpn': ('ga_faster_rcnn', 'x101_32x4d', {}, 0.02),
+    'ga_faster_rcnn_x50_32x4d_fpn': ('ga_faster_rcnn', 'x50_32x4d', {}, 0.02),
+    'ga_retinanet_r101_fpn': ('ga_retinanet', 'r101', {}, 0.01),
+    'ga_retinanet_r50_fpn': ('ga_retinanet', 'r50', {}, 0.01),
+    'ga_retinanet_slim_fpn': ('ga_retinanet', 'slim',
+                              {'fpn_channels': 64, 'tower_init': 'kaiming'}, 0.01),
+    'ga_retinanet_x101_32x4d_fpn': ('ga_retinanet', 'x101_32x4d', {}, 0.01),
+    'ga_retinanet_x50_32x4d_fpn': ('ga_retinanet', 'x50_32x4d', {}, 0.01),
+    'ga_rpn_r101_fpn': ('ga_rpn', 'r101', {}, 0.02),
+    'ga_rpn_r50_fpn': ('ga_rpn', 'r50', {}, 0.02),
+    'ga_rpn_slim_fpn': ('ga_rpn', 'slim', {'fpn_channels': 64}, 0.02),
+    'ga_rpn_x101_32x4d_fpn': ('ga_rpn', 'x101_32x4d', {}, 0.02),
+    'ga_rpn_x50_32x4d_fpn': ('ga_rpn', 'x50_32x4d', {}, 0.02),
     'mask_rcnn_fishnet188_fpn': ('mask_rcnn', 'fishnet188', {}, 0.02),
     'mask_rcnn_fishnet_slim_fpn': ('mask_rcnn', 'fishnet_slim', {'fpn_channels': 64}, 0.02),
     'mask_rcnn_r101_fpn': ('mask_rcnn', 'r101', {}, 0.02),
