@@ -305,11 +305,53 @@ GLIMPSE_ALWAYS_INLINE void mask_grad_row(const T* __restrict__ d, int64_t hw,
   }
 }
 
+// The same for a compile-time kernel size K: the K*K tap sums of one vector of X stay in
+// registers while all cn channels are added in (a batched dot product over channels), so the
+// accumulator row is read and written once per channel block instead of once per kChannels.
+template <typename T, int64_t K>
+GLIMPSE_ALWAYS_INLINE void mask_grad_row_taps(const T* __restrict__ d, int64_t cn, int64_t hw,
+                                              const T* __restrict__ fup, int64_t fstride,
+                                              int64_t lstride, const Geometry& g,
+                                              T* __restrict__ arow) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t astride = vector_row<T>(g);
+  const int64_t s = g.s;
+  for (int64_t x0 = 0; x0 < g.Wo; x0 += L) {
+    const int64_t nb = std::min(L, g.Wo - x0);
+    Vec<T> acc[K * K];
+#pragma GCC unroll 64
+    for (int64_t t = 0; t < K * K; ++t) acc[t] = load(arow + t * astride + x0);
+    for (int64_t cb = 0; cb < cn; ++cb) {
+      Vec<T> dv;
+      if (nb == L) {
+        dv = load(d + cb * hw + x0);
+      } else {
+        T tmp[kLanes<T>];
+        padded_row(d + cb * hw + x0, nb, 0, L, tmp);
+        dv = load(tmp);
+      }
+      const T* f = fup + cb * fstride + x0;
+#pragma GCC unroll 16
+      for (int64_t ky = 0; ky < K; ++ky) {
+#pragma GCC unroll 16
+        for (int64_t kx = 0; kx < K; ++kx) {
+          acc[ky * K + kx] += dv * load(f + ky * lstride + s * kx);
+        }
+      }
+    }
+#pragma GCC unroll 64
+    for (int64_t t = 0; t < K * K; ++t) store(arow + t * astride + x0, acc[t]);
+  }
+}
+
+// Channels per block of the mask gradient (their upsampled rows are built together).
+constexpr int64_t kMaskChannels = 16;
+
 template <typename T>
 struct MaskGradScratch {
   std::vector<T> fup, acc;
   explicit MaskGradScratch(const Geometry& g)
-      : fup(kChannels * (kRows + 2 * g.r) * buffer_row<T>(g)),
+      : fup(kMaskChannels * (kRows + 2 * g.r) * buffer_row<T>(g)),
         acc(kRows * g.s * g.k2 * vector_row<T>(g)) {}
 };
 
@@ -333,8 +375,8 @@ GLIMPSE_ALWAYS_INLINE void mask_grad_units(const T* feat, const T* dout, T* dmas
     const T* fb = feat + (n * g.C + gi * g.Cg) * g.H * g.W;
     const T* db = dout + (n * g.C + gi * g.Cg) * hw;
     std::fill(acc, acc + (yb - ya) * g.s * row_acc, T(0));
-    for (int64_t c = 0; c < g.Cg; c += kChannels) {
-      const int64_t cn = std::min(kChannels, g.Cg - c);
+    for (int64_t c = 0; c < g.Cg; c += kMaskChannels) {
+      const int64_t cn = std::min(kMaskChannels, g.Cg - c);
       for (int64_t cb = 0; cb < cn; ++cb) {
         build_upsampled_rows(fb + (c + cb) * g.H * g.W, ya - g.r, nrows, lstride, g,
                              fup + cb * fstride);
@@ -344,13 +386,18 @@ GLIMPSE_ALWAYS_INLINE void mask_grad_units(const T* feat, const T* dout, T* dmas
         for (int64_t y = y0 * g.s; y < (y0 + 1) * g.s; ++y) {
           T* arow = acc + (y - ya * g.s) * row_acc;
           const T* drow = db + c * hw + y * g.Wo;
-          if (cn == kChannels) {
-            mask_grad_row<T, kChannels>(drow, hw, rows, fstride, lstride, g, arow);
-          } else {
-            for (int64_t cb = 0; cb < cn; ++cb) {
-              mask_grad_row<T, 1>(drow + cb * hw, hw, rows + cb * fstride, fstride, lstride, g,
-                                  arow);
-            }
+          if (g.k == 5) {  // mmdet's CARAFE kernel size
+            mask_grad_row_taps<T, 5>(drow, cn, hw, rows, fstride, lstride, g, arow);
+            continue;
+          }
+          int64_t cb = 0;
+          for (; cb + kChannels <= cn; cb += kChannels) {
+            mask_grad_row<T, kChannels>(drow + cb * hw, hw, rows + cb * fstride, fstride,
+                                        lstride, g, arow);
+          }
+          for (; cb < cn; ++cb) {
+            mask_grad_row<T, 1>(drow + cb * hw, hw, rows + cb * fstride, fstride, lstride, g,
+                                arow);
           }
         }
       }
