@@ -305,17 +305,17 @@ GLIMPSE_ALWAYS_INLINE void mask_grad_row(const T* __restrict__ d, int64_t hw,
   }
 }
 
-// The same for a compile-time kernel size K: the K*K tap sums of one vector of X stay in
-// registers while all cn channels are added in (a batched dot product over channels), so the
-// accumulator row is read and written once per channel block instead of once per kChannels.
-template <typename T, int64_t K>
+// The same for a compile-time kernel size K and scale S: the K*K tap sums of one vector of X stay
+// in registers while all cn channels are added in (a batched dot product over channels), so the
+// accumulator row is read and written once per channel block instead of once per kChannels, and
+// every tap's address is one of K row pointers plus a constant.
+template <typename T, int64_t K, int64_t S>
 GLIMPSE_ALWAYS_INLINE void mask_grad_row_taps(const T* __restrict__ d, int64_t cn, int64_t hw,
                                               const T* __restrict__ fup, int64_t fstride,
                                               int64_t lstride, const Geometry& g,
                                               T* __restrict__ arow) {
   constexpr int64_t L = kLanes<T>;
   const int64_t astride = vector_row<T>(g);
-  const int64_t s = g.s;
   for (int64_t x0 = 0; x0 < g.Wo; x0 += L) {
     const int64_t nb = std::min(L, g.Wo - x0);
     Vec<T> acc[K * K];
@@ -334,9 +334,8 @@ GLIMPSE_ALWAYS_INLINE void mask_grad_row_taps(const T* __restrict__ d, int64_t c
 #pragma GCC unroll 16
       for (int64_t ky = 0; ky < K; ++ky) {
 #pragma GCC unroll 16
-        for (int64_t kx = 0; kx < K; ++kx) {
-          acc[ky * K + kx] += dv * load(f + ky * lstride + s * kx);
-        }
+        for (int64_t kx = 0; kx < K; ++kx) acc[ky * K + kx] += dv * load(f + S * kx);
+        f += lstride;
       }
     }
 #pragma GCC unroll 64
@@ -386,8 +385,8 @@ GLIMPSE_ALWAYS_INLINE void mask_grad_units(const T* feat, const T* dout, T* dmas
         for (int64_t y = y0 * g.s; y < (y0 + 1) * g.s; ++y) {
           T* arow = acc + (y - ya * g.s) * row_acc;
           const T* drow = db + c * hw + y * g.Wo;
-          if (g.k == 5) {  // mmdet's CARAFE kernel size
-            mask_grad_row_taps<T, 5>(drow, cn, hw, rows, fstride, lstride, g, arow);
+          if (g.k == 5 && g.s == 2) {  // mmdet's CARAFE upsampler
+            mask_grad_row_taps<T, 5, 2>(drow, cn, hw, rows, fstride, lstride, g, arow);
             continue;
           }
           int64_t cb = 0;
