@@ -1,8 +1,8 @@
 // CARAFE forward and backward on CPU.
 //
 // All three passes are 25 (k*k) multiply-adds per output element and channel; each is organised
-// so that the multiply-adds run on whole SIMD vectors held in registers, with one vector load per
-// multiply-add and no stores in the inner loop:
+// so that the multiply-adds run on whole SIMD vectors whose sums stay in registers, with about one
+// vector load per multiply-add and no stores in the inner loop:
 //
 // * forward: the source rows a block of output rows reads are copied once per channel into
 //   zero-padded, horizontally nearest-upsampled rows
@@ -10,8 +10,9 @@
 //   so that output pixel X of row Y = s*y0 + sy reads tap (ky, kx) at fup[y0 + ky - r][X + s*kx]:
 //   a contiguous vector. kChannels channels share each mask vector, kVectors vectors of X share
 //   each tap's address computation, and their kChannels * kVectors sums stay in registers.
-// * mask gradient: dmask[t][Y][X] = sum_c dout[c][Y][X] * fup_c[ky][X + s*kx]; the dout vectors of
-//   kChannels channels stay in registers while the k*k taps are accumulated.
+// * mask gradient: dmask[t][Y][X] = sum_c dout[c][Y][X] * fup_c[ky][X + s*kx]; for k = 5, s = 2
+//   the 25 tap sums of a vector of X stay in registers over a block of kMaskChannels channels
+//   (otherwise the dout vectors of kChannels channels do, and the tap sums go through memory).
 // * feature gradient: a gather per source pixel (the transpose of the forward). In upsampled
 //   column coordinates X' = s*x + sx it is a forward-like sum over zero-padded copies of the mask
 //   and dout rows, followed by folding the s sub-columns; every unit owns its output rows, so
@@ -220,7 +221,9 @@ GLIMPSE_ALWAYS_INLINE void reassemble_row(const T* mask_row, int64_t hw, const T
     weighted_taps<T, CB, 1>(mtail, g.k * L, L, fup + x0, fstride, lstride, g.s, g.k, acc);
     T tmp[CB * kLanes<T>];
     store_block<T, CB, 1>(acc, tmp, L);
-    for (int64_t cb = 0; cb < CB; ++cb) std::memcpy(out_row + cb * hw + x0, tmp + cb * L, sizeof(T) * nb);
+    for (int64_t cb = 0; cb < CB; ++cb) {
+      std::memcpy(out_row + cb * hw + x0, tmp + cb * L, sizeof(T) * nb);
+    }
   }
 }
 
