@@ -275,10 +275,15 @@ def _add_bench(sub) -> None:
 
     c = benches.add_parser(
         "carafe", help="compiled CARAFE op against the pure-PyTorch reference",
-        description="The compiled CARAFE op against the pure-PyTorch reference at the FPN "
-                    "shapes of a 1333x800 image (see glimpse.bench.carafe).")
+        description="The compiled CARAFE op against the pure-PyTorch reference at the "
+                    "shapes CARAFE models use on a 1333x800 image, with the machine's plain "
+                    "floor (copy into an existing buffer, sgemm) and the fresh-allocation "
+                    "floor in the same run (see glimpse.bench.carafe).")
     c.add_argument("--quick", action="store_true",
                    help="one small shape (a smoke test of the bench); writes nothing")
+    c.add_argument("--fpn-only", action="store_true",
+                   help="only the two largest FPN shapes (default: every model shape, "
+                        "P5->P4, P4->P3, P3->P2 and the mask head's 28x28 RoI maps)")
     c.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     c.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
     c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -335,7 +340,8 @@ def _bench_carafe(args: argparse.Namespace) -> int:
                            f"{args.threads!r}", 2) from None
     # the bench module times with this clock (module state: the carafe stream owns its API)
     bench._CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    shapes = bench.QUICK_SHAPES if args.quick else bench.FPN_SHAPES
+    shapes = (bench.QUICK_SHAPES if args.quick else bench.FPN_SHAPES if args.fpn_only
+              else bench.MODEL_SHAPES)
     table, machine = bench.run(shapes, threads, args.repeats, args.device, not args.no_memory)
     if "compiled" not in set(table["impl"]):
         print(f"bench carafe: glimpse_kernels not loaded ({kernel_status()['reason']}); "

@@ -36,7 +36,7 @@ def _extension():
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     # -fopenmp: at::parallel_for is a header template that parallelises only under OpenMP; the
     # runtime is the libgomp torch already loaded (same soname), so torch.set_num_threads applies.
-    cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
     kwargs = dict(
         name="glimpse_kernels._C",
         sources=sources,

@@ -22,7 +22,8 @@ WARN_ENV = "GLIMPSE_WARN_EXT"
 _FLOATS = (torch.float32, torch.float64)
 _ALL_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 SUPPORTED_DTYPES: dict[str, dict[str, tuple[torch.dtype, ...]]] = {
-    "carafe": {"cpu": _FLOATS, "cuda": _ALL_FLOATS},
+    # CPU CARAFE runs bfloat16/float16 through its float32 kernels (float32 accumulation).
+    "carafe": {"cpu": _ALL_FLOATS, "cuda": _ALL_FLOATS},
     "masked_conv2d": {"cpu": _FLOATS, "cuda": _ALL_FLOATS},
 }
 

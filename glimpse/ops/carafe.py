@@ -94,6 +94,16 @@ def carafe_ref(
     return out.reshape(n, c, h * s, w * s)
 
 
+def _autocast(features: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Under autocast, float32 inputs go to the autocast dtype (float64 stays, as in autocast's
+    lower-precision ops); otherwise the inputs are returned unchanged."""
+    device_type = features.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return features, masks
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t.dtype == torch.float32 else t for t in (features, masks))
+
+
 def carafe(
     features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int
 ) -> Tensor:
@@ -102,8 +112,12 @@ def carafe(
     Same arguments, result and gradients (features and masks) as :func:`carafe_ref`. Works on
     channels-last and non-contiguous inputs, empty batches and zero-size maps; the compiled path
     is a registered custom op, so it works under ``torch.compile(fullgraph=True)`` and counts its
-    FLOPs in ``torch.utils.flop_counter.FlopCounterMode``.
+    FLOPs in ``torch.utils.flop_counter.FlopCounterMode``. Under ``torch.autocast`` both inputs
+    are cast to the autocast dtype (e.g. bfloat16 features from a convolution and float32 masks
+    from a softmax); the CPU kernel computes bfloat16 and float16 with float32 accumulation.
     """
+    if isinstance(features, Tensor) and isinstance(masks, Tensor):
+        features, masks = _autocast(features, masks)
     _check_carafe_args(features, masks, kernel_size, group_size, scale_factor)
     if _ext.available("carafe", features.device.type, features.dtype):
         return torch.ops.glimpse.carafe(features, masks, kernel_size, group_size, scale_factor)

@@ -150,6 +150,50 @@ def test_ext_matches_reference(n, c, h, w, k, g, s, dtype):
     torch.testing.assert_close(gm, rgm, **tol)
 
 
+# bfloat16 / float16 on CPU: inputs in the dtype, float32 accumulation, one rounding at the end.
+# Against the float64 reference on the same (already rounded) inputs, every output and gradient is
+# then within half a unit in the last place, a relative 2**-9 (bfloat16) or 2**-12 (float16): the
+# tolerance is twice that, plus an atol far above the float32 accumulation error. Accumulating in
+# the reduced dtype instead would fail it.
+REDUCED_TOL = {torch.bfloat16: {"rtol": 2**-8, "atol": 1e-5},
+               torch.float16: {"rtol": 2**-11, "atol": 1e-5}}
+
+
+@pytest.mark.ext
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,c,h,w,k,g,s", SHAPES)
+def test_ext_reduced_precision_matches_float64_reference(n, c, h, w, k, g, s, dtype):
+    features, masks = random_inputs(n, c, h, w, k, g, s, dtype=dtype, grad=True)
+    out = ext_carafe(features, masks, k, g, s)
+    grad = torch.randn_like(out)
+    gf, gm = torch.autograd.grad(out, (features, masks), grad)
+    assert out.dtype == gf.dtype == gm.dtype == dtype
+    f64 = features.detach().double().requires_grad_()
+    m64 = masks.detach().double().requires_grad_()
+    ref = carafe_ref(f64, m64, k, g, s)
+    rgf, rgm = torch.autograd.grad(ref, (f64, m64), grad.double())
+    for got, want in ((out, ref), (gf, rgf), (gm, rgm)):
+        torch.testing.assert_close(got.double(), want, **REDUCED_TOL[dtype])
+
+
+@pytest.mark.parametrize("disable", ["0", "1"])
+def test_autocast_bfloat16(monkeypatch, disable):
+    # Under CPU autocast a convolution gives bfloat16 features and the softmax float32 masks.
+    monkeypatch.setenv("GLIMPSE_DISABLE_EXT", disable)
+    features = torch.randn(2, 8, 5, 6).bfloat16().requires_grad_()
+    masks = torch.rand(2, 9, 10, 12, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = carafe(features, masks, 3, 1, 2)
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    assert features.grad.dtype == torch.bfloat16 and masks.grad.dtype == torch.float32
+    ref = carafe_ref(features.detach().double(), masks.detach().bfloat16().double(), 3, 1, 2)
+    uses_ext = disable == "0" and _ext.available("carafe", "cpu", torch.bfloat16)
+    # The reference's einsum rounds its partial products to bfloat16: looser.
+    tol = REDUCED_TOL[torch.bfloat16] if uses_ext else {"rtol": 2**-5, "atol": 1e-2}
+    torch.testing.assert_close(out.double(), ref, **tol)
+
+
 @pytest.mark.ext
 def test_ext_double_backward():
     features, masks = random_inputs(1, 2, 2, 2, 3, 1, 2, dtype=torch.float64, grad=True)

@@ -1,39 +1,79 @@
 // CARAFE forward and backward on CPU.
 //
-// The work unit is one (image n, group g, block of kRows source rows). For every channel of the
-// group the source rows the block reads are copied once into zero-padded, horizontally
-// nearest-upsampled rows
-//   fup[y][j] = features[c, y, j / s - r]   (0 outside the map),
-// so that output pixel X of row Y = s*y0 + sy reads tap (ky, kx) at fup[y0 + ky - r][X + s*kx].
-// Every inner loop is then a contiguous multiply-add over X that the compiler vectorises, borders
-// need no branches, kChannels channels share each mask load, and the unit's mask rows stay in
-// cache while all channels of the group reuse them. The feature gradient uses the same trick
-// backwards (scatter into a padded row, then fold the s sub-columns), organised per source row so
-// that threads never write the same memory.
+// All three passes are 25 (k*k) multiply-adds per output element and channel; each is organised
+// so that the multiply-adds run on whole SIMD vectors whose sums stay in registers, with about one
+// vector load per multiply-add and no stores in the inner loop:
+//
+// * forward: the source rows a block of output rows reads are copied once per channel into
+//   zero-padded, horizontally nearest-upsampled rows
+//     fup[y][j] = features[c, y, j / s - r]   (0 outside the map),
+//   so that output pixel X of row Y = s*y0 + sy reads tap (ky, kx) at fup[y0 + ky - r][X + s*kx]:
+//   a contiguous vector. kChannels channels share each mask vector, kVectors vectors of X share
+//   each tap's address computation, and their kChannels * kVectors sums stay in registers.
+// * mask gradient: dmask[t][Y][X] = sum_c dout[c][Y][X] * fup_c[ky][X + s*kx]; for k = 5, s = 2
+//   the 25 tap sums of a vector of X stay in registers over a block of kMaskChannels channels
+//   (otherwise the dout vectors of kChannels channels do, and the tap sums go through memory).
+// * feature gradient: a gather per source pixel (the transpose of the forward). In upsampled
+//   column coordinates X' = s*x + sx it is a forward-like sum over zero-padded copies of the mask
+//   and dout rows, followed by folding the s sub-columns; every unit owns its output rows, so
+//   threads never write the same memory and nothing is scattered.
+//
+// Vectors are GCC vector extensions of 64 bytes; the hot loops are compiled for AVX-512,
+// AVX2+FMA and the baseline ISA and the loader picks one (ifunc). Row buffers carry one vector of
+// zero slack, so that the last, partial vector of a row is computed like the others.
+// Reduced precision (bfloat16, float16) runs the float32 kernels on float32 copies: float32
+// accumulation, rounded once at the end.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include "../checks.h"
 
-// Hot loops are compiled for AVX-512, AVX2+FMA and the baseline ISA; the loader picks one (ifunc).
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
 #define GLIMPSE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define GLIMPSE_CLONES
 #endif
-#if defined(__GNUC__)
 #define GLIMPSE_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define GLIMPSE_ALWAYS_INLINE inline
-#endif
 
 namespace glimpse {
 namespace {
+
+// One SIMD vector of T (64 bytes: one AVX-512 register), loaded and stored unaligned.
+template <typename T>
+struct VecOf {
+  typedef T type __attribute__((vector_size(64)));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+template <typename T>
+constexpr int64_t kLanes = 64 / static_cast<int64_t>(sizeof(T));
+
+template <typename T>
+GLIMPSE_ALWAYS_INLINE Vec<T> load(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+GLIMPSE_ALWAYS_INLINE void store(T* p, const Vec<T>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// Register blocking: kChannels x kVectors sums (16 of 32 AVX-512 registers).
+constexpr int64_t kChannels = 4;
+constexpr int64_t kVectors = 4;
+// Source rows per work unit: the rows around them are prepared once for all of the unit's rows.
+constexpr int64_t kRows = 8;
 
 struct Geometry {
   int64_t N, C, H, W;  // features
@@ -62,40 +102,42 @@ Geometry make_geometry(const at::Tensor& features, int64_t k, int64_t G, int64_t
   return g;
 }
 
-// Outputs per register block (two AVX-512 registers of floats), and channels processed together:
-// each mask value loaded from cache then feeds kChannels multiply-adds held in registers.
+// Row stride of the padded row buffers: Lp plus one vector of zero slack for partial vectors.
 template <typename T>
-constexpr int64_t kBlock = 128 / static_cast<int64_t>(sizeof(T));
-constexpr int64_t kChannels = 4;
+int64_t buffer_row(const Geometry& g) {
+  return g.Lp + kLanes<T>;
+}
 
-// Source rows per work unit: the rows around them are copied once for all of the unit's rows.
-constexpr int64_t kRows = 4;
+// Wo rounded up to whole vectors.
+template <typename T>
+int64_t vector_row(const Geometry& g) {
+  return (g.Wo + kLanes<T> - 1) / kLanes<T> * kLanes<T>;
+}
 
-// buf (rows of length Lp) <- zero-padded, horizontally s-times repeated source rows
-// y_first .. y_first + nrows - 1 (rows outside the map are zeros).
+// Number of row blocks of one (image, group) plane.
+inline int64_t row_blocks(const Geometry& g) { return (g.H + kRows - 1) / kRows; }
+
+// buf (rows `stride` apart) <- zero-padded, horizontally s-times repeated source rows
+// y_first .. y_first + nrows - 1 (rows outside the map are zeros), slack included.
 template <typename T>
 GLIMPSE_ALWAYS_INLINE void build_upsampled_rows(const T* __restrict__ plane, int64_t y_first,
-                                                int64_t nrows, const Geometry& g,
+                                                int64_t nrows, int64_t stride, const Geometry& g,
                                                 T* __restrict__ buf) {
   for (int64_t i = 0; i < nrows; ++i) {
-    T* row = buf + i * g.Lp;
+    T* row = buf + i * stride;
     const int64_t yy = y_first + i;
     if (yy < 0 || yy >= g.H) {
-      std::fill(row, row + g.Lp, T(0));
+      std::fill(row, row + stride, T(0));
       continue;
     }
     std::fill(row, row + g.s * g.r, T(0));
-    std::fill(row + g.s * (g.W + g.r), row + g.Lp, T(0));
+    std::fill(row + g.s * (g.W + g.r), row + stride, T(0));
     const T* src = plane + yy * g.W;
     T* dst = row + g.s * g.r;
     if (g.s == 1) {
       std::memcpy(dst, src, sizeof(T) * g.W);
     } else if (g.s == 2) {
-      for (int64_t x = 0; x < g.W; ++x) {
-        const T v = src[x];
-        dst[2 * x] = v;
-        dst[2 * x + 1] = v;
-      }
+      for (int64_t x = 0; x < g.W; ++x) dst[2 * x] = dst[2 * x + 1] = src[x];
     } else {
       for (int64_t x = 0; x < g.W; ++x) {
         for (int64_t q = 0; q < g.s; ++q) dst[g.s * x + q] = src[x];
@@ -104,89 +146,126 @@ GLIMPSE_ALWAYS_INLINE void build_upsampled_rows(const T* __restrict__ plane, int
   }
 }
 
-// For CB channels (fup buffers fstride apart, output rows hw apart), one output row:
-// out[X] = sum_t mask[t][X] * fup[ky][X + s*kx] for X in [x0, x0 + B); mask rows are hw apart.
-template <typename T, int64_t CB>
-GLIMPSE_ALWAYS_INLINE void reassemble_block(const T* __restrict__ mask_row, int64_t hw,
-                                            const T* __restrict__ fup, int64_t fstride,
-                                            const Geometry& g, int64_t x0,
-                                            T* __restrict__ out_row) {
-  constexpr int64_t B = kBlock<T>;
-  T acc[CB][B] = {};
-  for (int64_t ky = 0; ky < g.k; ++ky) {
-    for (int64_t kx = 0; kx < g.k; ++kx) {
-      const T* m = mask_row + (ky * g.k + kx) * hw + x0;
-      const T* f = fup + ky * g.Lp + g.s * kx + x0;
+// buf row (length `stride`) <- [zeros(lead), src[0:n], zeros...]: a row padded on both sides.
+template <typename T>
+GLIMPSE_ALWAYS_INLINE void padded_row(const T* __restrict__ src, int64_t n, int64_t lead,
+                                      int64_t stride, T* __restrict__ buf) {
+  std::fill(buf, buf + lead, T(0));
+  std::memcpy(buf + lead, src, sizeof(T) * n);
+  std::fill(buf + lead + n, buf + stride, T(0));
+}
+
+// acc[cb][j] += sum_{ky,kx} m[ky*mky + kx*mkx + j*L] * f[cb*fc + ky*fky + kx*fkx + j*L] for CB
+// channels and NV vectors. The forward (m = masks, f = upsampled features) and the feature
+// gradient (m and f = padded mask and dout rows, walked backwards) differ only in the strides.
+template <typename T, int64_t CB, int64_t NV>
+GLIMPSE_ALWAYS_INLINE void weighted_taps(const T* __restrict__ m, int64_t mky, int64_t mkx,
+                                         const T* __restrict__ f, int64_t fc, int64_t fky,
+                                         int64_t fkx, int64_t k, Vec<T> (&acc)[CB][NV]) {
+  constexpr int64_t L = kLanes<T>;
+  // One pointer per channel, advanced tap by tap: the addresses of the inner loop are then a
+  // register plus a constant, and no channel offset is kept in (or spilled from) a register.
+  const T* fp[CB];
+  for (int64_t cb = 0; cb < CB; ++cb) fp[cb] = f + cb * fc;
+  for (int64_t ky = 0; ky < k; ++ky) {
+    for (int64_t kx = 0; kx < k; ++kx) {
+      Vec<T> mv[NV];
+#pragma GCC unroll 4
+      for (int64_t j = 0; j < NV; ++j) mv[j] = load(m + j * L);
+#pragma GCC unroll 16
       for (int64_t cb = 0; cb < CB; ++cb) {
-        for (int64_t i = 0; i < B; ++i) acc[cb][i] += m[i] * f[cb * fstride + i];
+#pragma GCC unroll 4
+        for (int64_t j = 0; j < NV; ++j) acc[cb][j] += mv[j] * load(fp[cb] + j * L);
+        fp[cb] += fkx;
       }
+      m += mkx;
     }
+    for (int64_t cb = 0; cb < CB; ++cb) fp[cb] += fky - k * fkx;
+    m += mky - k * mkx;
   }
+}
+
+template <typename T, int64_t CB, int64_t NV>
+GLIMPSE_ALWAYS_INLINE void store_block(const Vec<T> (&acc)[CB][NV], T* out, int64_t stride) {
   for (int64_t cb = 0; cb < CB; ++cb) {
-    for (int64_t i = 0; i < B; ++i) out_row[cb * hw + x0 + i] = acc[cb][i];
+    for (int64_t j = 0; j < NV; ++j) store(out + cb * stride + j * kLanes<T>, acc[cb][j]);
   }
 }
 
+// One output row of CB channels (rows hw apart): out[X] = sum_t mask[t][X] * fup[ky][X + s*kx],
+// fup rows lstride apart and channels fstride apart. mtail: k*k vectors of scratch.
 template <typename T, int64_t CB>
-GLIMPSE_ALWAYS_INLINE void reassemble_rows(const T* mask_row, int64_t hw, const T* fup,
-                                           int64_t fstride, const Geometry& g, T* out_row) {
-  constexpr int64_t B = kBlock<T>;
+GLIMPSE_ALWAYS_INLINE void reassemble_row(const T* mask_row, int64_t hw, const T* fup,
+                                          int64_t fstride, int64_t lstride, const Geometry& g,
+                                          T* out_row, T* mtail) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t mky = g.k * hw;
   int64_t x0 = 0;
-  for (; x0 + B <= g.Wo; x0 += B) {
-    reassemble_block<T, CB>(mask_row, hw, fup, fstride, g, x0, out_row);
+  for (; x0 + kVectors * L <= g.Wo; x0 += kVectors * L) {
+    Vec<T> acc[CB][kVectors] = {};
+    weighted_taps<T, CB, kVectors>(mask_row + x0, mky, hw, fup + x0, fstride, lstride, g.s, g.k,
+                                   acc);
+    store_block<T, CB, kVectors>(acc, out_row + x0, hw);
   }
-  if (x0 < g.Wo) {
+  for (; x0 + L <= g.Wo; x0 += L) {
+    Vec<T> acc[CB][1] = {};
+    weighted_taps<T, CB, 1>(mask_row + x0, mky, hw, fup + x0, fstride, lstride, g.s, g.k, acc);
+    store_block<T, CB, 1>(acc, out_row + x0, hw);
+  }
+  if (x0 < g.Wo) {  // partial vector: its mask columns are copied into zero-padded scratch
     const int64_t nb = g.Wo - x0;
-    T acc[CB][B] = {};
-    for (int64_t ky = 0; ky < g.k; ++ky) {
-      for (int64_t kx = 0; kx < g.k; ++kx) {
-        const T* m = mask_row + (ky * g.k + kx) * hw + x0;
-        const T* f = fup + ky * g.Lp + g.s * kx + x0;
-        for (int64_t cb = 0; cb < CB; ++cb) {
-          for (int64_t i = 0; i < nb; ++i) acc[cb][i] += m[i] * f[cb * fstride + i];
-        }
-      }
+    for (int64_t t = 0; t < g.k2; ++t) {
+      padded_row(mask_row + t * hw + x0, nb, 0, L, mtail + t * L);
     }
+    Vec<T> acc[CB][1] = {};
+    weighted_taps<T, CB, 1>(mtail, g.k * L, L, fup + x0, fstride, lstride, g.s, g.k, acc);
+    T tmp[CB * kLanes<T>];
+    store_block<T, CB, 1>(acc, tmp, L);
     for (int64_t cb = 0; cb < CB; ++cb) {
-      for (int64_t i = 0; i < nb; ++i) out_row[cb * hw + x0 + i] = acc[cb][i];
+      std::memcpy(out_row + cb * hw + x0, tmp + cb * L, sizeof(T) * nb);
     }
   }
 }
 
-// Number of row blocks of one (image, group) plane, and the rows [ya, yb) of block b.
-inline int64_t row_blocks(const Geometry& g) { return (g.H + kRows - 1) / kRows; }
+template <typename T>
+struct ForwardScratch {
+  std::vector<T> fup, mtail;
+  explicit ForwardScratch(const Geometry& g)
+      : fup(kChannels * (kRows + 2 * g.r) * buffer_row<T>(g)), mtail(g.k2 * kLanes<T>) {}
+};
 
 template <typename T>
 GLIMPSE_ALWAYS_INLINE void forward_units(const T* feat, const T* mask, T* out, const Geometry& g,
-                                         int64_t begin, int64_t end, T* fup) {
+                                         int64_t begin, int64_t end, T* fup, T* mtail) {
   const int64_t hw = g.Ho * g.Wo;
   const int64_t nb = row_blocks(g);
+  const int64_t lstride = buffer_row<T>(g);
   for (int64_t u = begin; u < end; ++u) {
     const int64_t ya = (u % nb) * kRows, yb = std::min(g.H, ya + kRows);
     const int64_t gi = (u / nb) % g.G;
     const int64_t n = u / (nb * g.G);
     const int64_t nrows = yb - ya + 2 * g.r;
-    const int64_t fstride = nrows * g.Lp;
+    const int64_t fstride = nrows * lstride;
     const T* fb = feat + (n * g.C + gi * g.Cg) * g.H * g.W;
     const T* mb = mask + (n * g.G + gi) * g.k2 * hw;
     T* ob = out + (n * g.C + gi * g.Cg) * hw;
-    int64_t c = 0;
-    for (; c < g.Cg; c += kChannels) {
+    for (int64_t c = 0; c < g.Cg; c += kChannels) {
       const int64_t cn = std::min(kChannels, g.Cg - c);
       for (int64_t cb = 0; cb < cn; ++cb) {
-        build_upsampled_rows(fb + (c + cb) * g.H * g.W, ya - g.r, nrows, g, fup + cb * fstride);
+        build_upsampled_rows(fb + (c + cb) * g.H * g.W, ya - g.r, nrows, lstride, g,
+                             fup + cb * fstride);
       }
       for (int64_t y0 = ya; y0 < yb; ++y0) {
-        const T* rows = fup + (y0 - ya) * g.Lp;
-        for (int64_t sy = 0; sy < g.s; ++sy) {
-          const int64_t y = y0 * g.s + sy;
+        const T* rows = fup + (y0 - ya) * lstride;
+        for (int64_t y = y0 * g.s; y < (y0 + 1) * g.s; ++y) {
+          T* orow = ob + c * hw + y * g.Wo;
           if (cn == kChannels) {
-            reassemble_rows<T, kChannels>(mb + y * g.Wo, hw, rows, fstride, g,
-                                          ob + c * hw + y * g.Wo);
+            reassemble_row<T, kChannels>(mb + y * g.Wo, hw, rows, fstride, lstride, g, orow,
+                                         mtail);
           } else {
             for (int64_t cb = 0; cb < cn; ++cb) {
-              reassemble_rows<T, 1>(mb + y * g.Wo, hw, rows + cb * fstride, fstride, g,
-                                    ob + (c + cb) * hw + y * g.Wo);
+              reassemble_row<T, 1>(mb + y * g.Wo, hw, rows + cb * fstride, fstride, lstride, g,
+                                   orow + cb * hw, mtail);
             }
           }
         }
@@ -195,70 +274,132 @@ GLIMPSE_ALWAYS_INLINE void forward_units(const T* feat, const T* mask, T* out, c
   }
 }
 
-// For CB channels: dmask[t][X] += sum_cb dout_cb[X] * fup_cb[ky][X + s*kx] over one output row.
+// One output row, CB channels: arow[t][X] += sum_cb d_cb[X] * fup_cb[ky][X + s*kx] (arow rows
+// are vector_row long; d rows hw apart, fup rows lstride apart, channels fstride apart).
 template <typename T, int64_t CB>
-GLIMPSE_ALWAYS_INLINE void mask_grad_row(const T* __restrict__ d /* CB rows, hw apart */,
-                                         int64_t hw, const T* __restrict__ fup, int64_t fstride,
-                                         const Geometry& g, T* __restrict__ arow) {
-  constexpr int64_t B = kBlock<T>;
-  for (int64_t x0 = 0; x0 < g.Wo; x0 += B) {
-    const int64_t nb = std::min(B, g.Wo - x0);
+GLIMPSE_ALWAYS_INLINE void mask_grad_row(const T* __restrict__ d, int64_t hw,
+                                         const T* __restrict__ fup, int64_t fstride,
+                                         int64_t lstride, const Geometry& g,
+                                         T* __restrict__ arow) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t astride = vector_row<T>(g);
+  for (int64_t x0 = 0; x0 < g.Wo; x0 += L) {
+    Vec<T> dv[CB];
+    const int64_t nb = std::min(L, g.Wo - x0);
+    for (int64_t cb = 0; cb < CB; ++cb) {
+      if (nb == L) {
+        dv[cb] = load(d + cb * hw + x0);
+      } else {
+        T tmp[kLanes<T>];
+        padded_row(d + cb * hw + x0, nb, 0, L, tmp);
+        dv[cb] = load(tmp);
+      }
+    }
     for (int64_t ky = 0; ky < g.k; ++ky) {
       for (int64_t kx = 0; kx < g.k; ++kx) {
-        T* __restrict__ a = arow + (ky * g.k + kx) * g.Wo + x0;
-        const T* __restrict__ f = fup + ky * g.Lp + g.s * kx + x0;
-        if (nb == B) {
-          T sum[B];
-          for (int64_t i = 0; i < B; ++i) sum[i] = a[i];
-          for (int64_t cb = 0; cb < CB; ++cb) {
-            for (int64_t i = 0; i < B; ++i) sum[i] += d[cb * hw + x0 + i] * f[cb * fstride + i];
-          }
-          for (int64_t i = 0; i < B; ++i) a[i] = sum[i];
-        } else {
-          for (int64_t cb = 0; cb < CB; ++cb) {
-            for (int64_t i = 0; i < nb; ++i) a[i] += d[cb * hw + x0 + i] * f[cb * fstride + i];
-          }
-        }
+        T* a = arow + (ky * g.k + kx) * astride + x0;
+        const T* f = fup + ky * lstride + g.s * kx + x0;
+        Vec<T> sum = load(a);
+#pragma GCC unroll 16
+        for (int64_t cb = 0; cb < CB; ++cb) sum += dv[cb] * load(f + cb * fstride);
+        store(a, sum);
       }
     }
   }
 }
+
+// The same for a compile-time kernel size K and scale S: the K*K tap sums of one vector of X stay
+// in registers while all cn channels are added in (a batched dot product over channels), so the
+// accumulator row is read and written once per channel block instead of once per kChannels, and
+// every tap's address is one of K row pointers plus a constant.
+template <typename T, int64_t K, int64_t S>
+GLIMPSE_ALWAYS_INLINE void mask_grad_row_taps(const T* __restrict__ d, int64_t cn, int64_t hw,
+                                              const T* __restrict__ fup, int64_t fstride,
+                                              int64_t lstride, const Geometry& g,
+                                              T* __restrict__ arow) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t astride = vector_row<T>(g);
+  for (int64_t x0 = 0; x0 < g.Wo; x0 += L) {
+    const int64_t nb = std::min(L, g.Wo - x0);
+    Vec<T> acc[K * K];
+#pragma GCC unroll 64
+    for (int64_t t = 0; t < K * K; ++t) acc[t] = load(arow + t * astride + x0);
+    for (int64_t cb = 0; cb < cn; ++cb) {
+      Vec<T> dv;
+      if (nb == L) {
+        dv = load(d + cb * hw + x0);
+      } else {
+        T tmp[kLanes<T>];
+        padded_row(d + cb * hw + x0, nb, 0, L, tmp);
+        dv = load(tmp);
+      }
+      const T* f = fup + cb * fstride + x0;
+#pragma GCC unroll 16
+      for (int64_t ky = 0; ky < K; ++ky) {
+#pragma GCC unroll 16
+        for (int64_t kx = 0; kx < K; ++kx) acc[ky * K + kx] += dv * load(f + S * kx);
+        f += lstride;
+      }
+    }
+#pragma GCC unroll 64
+    for (int64_t t = 0; t < K * K; ++t) store(arow + t * astride + x0, acc[t]);
+  }
+}
+
+// Channels per block of the mask gradient (their upsampled rows are built together).
+constexpr int64_t kMaskChannels = 16;
+
+template <typename T>
+struct MaskGradScratch {
+  std::vector<T> fup, acc;
+  explicit MaskGradScratch(const Geometry& g)
+      : fup(kMaskChannels * (kRows + 2 * g.r) * buffer_row<T>(g)),
+        acc(kRows * g.s * g.k2 * vector_row<T>(g)) {}
+};
 
 // dmask[t][Y][X] = sum_{c in group} dout[c][Y][X] * fup_c[ky][X + s*kx], for the rows of one
 // row block, accumulated over the group's channels in acc.
 template <typename T>
 GLIMPSE_ALWAYS_INLINE void mask_grad_units(const T* feat, const T* dout, T* dmask,
                                            const Geometry& g, int64_t begin, int64_t end, T* fup,
-                                           T* acc /* kRows * s * k2 * Wo */) {
+                                           T* acc) {
   const int64_t hw = g.Ho * g.Wo;
   const int64_t nb = row_blocks(g);
-  const int64_t row_acc = g.k2 * g.Wo;  // accumulator of one output row
+  const int64_t lstride = buffer_row<T>(g);
+  const int64_t astride = vector_row<T>(g);
+  const int64_t row_acc = g.k2 * astride;  // accumulator of one output row
   for (int64_t u = begin; u < end; ++u) {
     const int64_t ya = (u % nb) * kRows, yb = std::min(g.H, ya + kRows);
     const int64_t gi = (u / nb) % g.G;
     const int64_t n = u / (nb * g.G);
     const int64_t nrows = yb - ya + 2 * g.r;
-    const int64_t fstride = nrows * g.Lp;
+    const int64_t fstride = nrows * lstride;
     const T* fb = feat + (n * g.C + gi * g.Cg) * g.H * g.W;
     const T* db = dout + (n * g.C + gi * g.Cg) * hw;
     std::fill(acc, acc + (yb - ya) * g.s * row_acc, T(0));
-    for (int64_t c = 0; c < g.Cg; c += kChannels) {
-      const int64_t cn = std::min(kChannels, g.Cg - c);
+    for (int64_t c = 0; c < g.Cg; c += kMaskChannels) {
+      const int64_t cn = std::min(kMaskChannels, g.Cg - c);
       for (int64_t cb = 0; cb < cn; ++cb) {
-        build_upsampled_rows(fb + (c + cb) * g.H * g.W, ya - g.r, nrows, g, fup + cb * fstride);
+        build_upsampled_rows(fb + (c + cb) * g.H * g.W, ya - g.r, nrows, lstride, g,
+                             fup + cb * fstride);
       }
       for (int64_t y0 = ya; y0 < yb; ++y0) {
-        const T* rows = fup + (y0 - ya) * g.Lp;
-        for (int64_t sy = 0; sy < g.s; ++sy) {
-          const int64_t y = y0 * g.s + sy;
-          T* arow = acc + ((y0 - ya) * g.s + sy) * row_acc;
-          if (cn == kChannels) {
-            mask_grad_row<T, kChannels>(db + c * hw + y * g.Wo, hw, rows, fstride, g, arow);
-          } else {
-            for (int64_t cb = 0; cb < cn; ++cb) {
-              mask_grad_row<T, 1>(db + (c + cb) * hw + y * g.Wo, hw, rows + cb * fstride,
-                                  fstride, g, arow);
-            }
+        const T* rows = fup + (y0 - ya) * lstride;
+        for (int64_t y = y0 * g.s; y < (y0 + 1) * g.s; ++y) {
+          T* arow = acc + (y - ya * g.s) * row_acc;
+          const T* drow = db + c * hw + y * g.Wo;
+          if (g.k == 5 && g.s == 2) {  // mmdet's CARAFE upsampler
+            mask_grad_row_taps<T, 5, 2>(drow, cn, hw, rows, fstride, lstride, g, arow);
+            continue;
+          }
+          int64_t cb = 0;
+          for (; cb + kChannels <= cn; cb += kChannels) {
+            mask_grad_row<T, kChannels>(drow + cb * hw, hw, rows + cb * fstride, fstride,
+                                        lstride, g, arow);
+          }
+          for (; cb < cn; ++cb) {
+            mask_grad_row<T, 1>(drow + cb * hw, hw, rows + cb * fstride, fstride, lstride, g,
+                                arow);
           }
         }
       }
@@ -266,65 +407,46 @@ GLIMPSE_ALWAYS_INLINE void mask_grad_units(const T* feat, const T* dout, T* dmas
     T* mb = dmask + (n * g.G + gi) * g.k2 * hw;
     for (int64_t y = ya * g.s; y < yb * g.s; ++y) {
       for (int64_t t = 0; t < g.k2; ++t) {
-        std::memcpy(mb + t * hw + y * g.Wo, acc + (y - ya * g.s) * row_acc + t * g.Wo,
+        std::memcpy(mb + t * hw + y * g.Wo, acc + (y - ya * g.s) * row_acc + t * astride,
                     sizeof(T) * g.Wo);
       }
     }
   }
 }
 
-// For CB channels (padded rows Lp apart): row_cb[X + s*kx] += m_kx[X] * d_cb[X] over one output
-// row, for every kx; the dout chunk stays in registers across the k taps.
+// Feature gradient of source row y, CB channels, in upsampled columns X' = s*x + sx:
+//   acc[X'] = sum_{ky, sy, kx} mpad[t][Y][X' + s*(2r - kx)] * dpad_cb[Y][X' + s*(2r - kx)],
+// Y = s*(y + r - ky) + sy, t = ky*k + kx; then dfeat[y][x] = sum_sx acc[s*x + sx]. mpad holds the
+// k*k zero-padded mask planes of the unit's output rows (plane stride mplane, rows lstride
+// apart); dpad the padded dout rows of CB channels (channel stride dstride). Row indices are
+// relative to the unit's first output row.
 template <typename T, int64_t CB>
-GLIMPSE_ALWAYS_INLINE void feature_grad_row(const T* __restrict__ m /* k rows, hw apart */,
-                                            const T* __restrict__ d /* CB rows, hw apart */,
-                                            int64_t hw, const Geometry& g,
-                                            T* __restrict__ rows /* CB x Lp */) {
-  constexpr int64_t B = kBlock<T>;
-  for (int64_t x0 = 0; x0 < g.Wo; x0 += B) {
-    const int64_t nb = std::min(B, g.Wo - x0);
-    if (nb == B) {
-      T dv[CB][B];
-      for (int64_t cb = 0; cb < CB; ++cb) {
-        for (int64_t i = 0; i < B; ++i) dv[cb][i] = d[cb * hw + x0 + i];
-      }
-      for (int64_t kx = 0; kx < g.k; ++kx) {
-        const T* mk = m + kx * hw + x0;
-        for (int64_t cb = 0; cb < CB; ++cb) {
-          T* dst = rows + cb * g.Lp + g.s * kx + x0;
-          for (int64_t i = 0; i < B; ++i) dst[i] += mk[i] * dv[cb][i];
-        }
-      }
-    } else {
-      for (int64_t kx = 0; kx < g.k; ++kx) {
-        const T* mk = m + kx * hw + x0;
-        for (int64_t cb = 0; cb < CB; ++cb) {
-          T* dst = rows + cb * g.Lp + g.s * kx + x0;
-          for (int64_t i = 0; i < nb; ++i) dst[i] += mk[i] * d[cb * hw + x0 + i];
-        }
-      }
-    }
-  }
-}
-
-template <typename T, int64_t CB>
-GLIMPSE_ALWAYS_INLINE void feature_grad_channels(const T* mb, const T* db, int64_t y,
-                                                 const Geometry& g, T* rows, T* out) {
-  const int64_t hw = g.Ho * g.Wo;
-  std::fill(rows, rows + CB * g.Lp, T(0));
-  for (int64_t ky = 0; ky < g.k; ++ky) {
-    // Output rows whose window row ky lands on source row y have y0 = y - ky + r.
-    const int64_t y0 = y - ky + g.r;
-    if (y0 < 0 || y0 >= g.H) continue;
+GLIMPSE_ALWAYS_INLINE void feature_grad_row(const T* mpad, int64_t mplane, const T* dpad,
+                                            int64_t dstride, int64_t lstride, int64_t yrel,
+                                            const Geometry& g, T* out /* CB rows, H*W apart */,
+                                            T* fold /* CB * vector_row */) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t vrow = vector_row<T>(g);
+  const int64_t col0 = 2 * g.r * g.s;  // padded column of X' + s*(2r - kx) at kx = 0
+  for (int64_t x0 = 0; x0 < g.Wo; x0 += L) {
+    Vec<T> acc[CB][1] = {};
     for (int64_t sy = 0; sy < g.s; ++sy) {
-      const int64_t yo = y0 * g.s + sy;
-      feature_grad_row<T, CB>(mb + ky * g.k * hw + yo * g.Wo, db + yo * g.Wo, hw, g, rows);
+      // Relative output row of tap ky = 0 (Y = s*(y + r - ky) + sy); each further ky is s rows
+      // up. Tap (ky, kx) reads mask plane ky*k + kx.
+      const int64_t row = g.s * (yrel + 2 * g.r) + sy;
+      const int64_t off = row * lstride + col0 + x0;
+      weighted_taps<T, CB, 1>(mpad + off, g.k * mplane - g.s * lstride, mplane - g.s,
+                              dpad + off, dstride, -g.s * lstride, -g.s, g.k, acc);
     }
+    store_block<T, CB, 1>(acc, fold + x0, vrow);
   }
-  // Fold the s sub-columns of each padded source column back onto the source pixel.
   for (int64_t cb = 0; cb < CB; ++cb) {
-    const T* src = rows + cb * g.Lp + g.s * g.r;
+    const T* src = fold + cb * vrow;
     T* dst = out + cb * g.H * g.W;
+    if (g.s == 1) {
+      std::memcpy(dst, src, sizeof(T) * g.W);
+      continue;
+    }
     for (int64_t x = 0; x < g.W; ++x) {
       T v = 0;
       for (int64_t q = 0; q < g.s; ++q) v += src[g.s * x + q];
@@ -333,106 +455,152 @@ GLIMPSE_ALWAYS_INLINE void feature_grad_channels(const T* mb, const T* db, int64
   }
 }
 
-// dfeat[c][y][x] = sum over the outputs that read source pixel (y, x): the transpose of
-// reassemble_rows, gathered per source row y so that each unit owns its output row.
+template <typename T>
+struct FeatureGradScratch {
+  std::vector<T> mpad, dpad, fold;
+  explicit FeatureGradScratch(const Geometry& g)
+      : mpad(g.k2 * g.s * (kRows + 2 * g.r) * buffer_row<T>(g)),
+        dpad(kChannels * g.s * (kRows + 2 * g.r) * buffer_row<T>(g)),
+        fold(kChannels * vector_row<T>(g)) {}
+};
+
+// rows (nrows of length lstride, zero-padded by s*r columns on each side) <- rows
+// Y_first .. Y_first + nrows - 1 of an output-sized plane (rows outside it are zeros).
+template <typename T>
+GLIMPSE_ALWAYS_INLINE void padded_output_rows(const T* plane, int64_t y_first, int64_t nrows,
+                                              int64_t lstride, const Geometry& g, T* rows) {
+  for (int64_t i = 0; i < nrows; ++i) {
+    const int64_t y = y_first + i;
+    if (y < 0 || y >= g.Ho) {
+      std::fill(rows + i * lstride, rows + (i + 1) * lstride, T(0));
+    } else {
+      padded_row(plane + y * g.Wo, g.Wo, g.s * g.r, lstride, rows + i * lstride);
+    }
+  }
+}
+
+// dfeat[c][y][x] = sum over the outputs that read source pixel (y, x): the transpose of the
+// forward, gathered per source row so that each unit owns its output rows.
 template <typename T>
 GLIMPSE_ALWAYS_INLINE void feature_grad_units(const T* mask, const T* dout, T* dfeat,
                                               const Geometry& g, int64_t begin, int64_t end,
-                                              T* rows /* kChannels * Lp */) {
+                                              T* mpad, T* dpad, T* fold) {
   const int64_t hw = g.Ho * g.Wo;
+  const int64_t nb = row_blocks(g);
+  const int64_t lstride = buffer_row<T>(g);
   for (int64_t u = begin; u < end; ++u) {
-    const int64_t y = u % g.H;
-    const int64_t gi = (u / g.H) % g.G;
-    const int64_t n = u / (g.H * g.G);
+    const int64_t ya = (u % nb) * kRows, yb = std::min(g.H, ya + kRows);
+    const int64_t gi = (u / nb) % g.G;
+    const int64_t n = u / (nb * g.G);
+    // Output rows read by source rows [ya, yb): s*(ya - r) .. s*(yb + r) - 1.
+    const int64_t y_first = g.s * (ya - g.r);
+    const int64_t nrows = g.s * (yb - ya + 2 * g.r);
+    const int64_t plane = nrows * lstride;
     const T* mb = mask + (n * g.G + gi) * g.k2 * hw;
     const T* db = dout + (n * g.C + gi * g.Cg) * hw;
-    T* fb = dfeat + (n * g.C + gi * g.Cg) * g.H * g.W + y * g.W;
-    int64_t c = 0;
-    for (; c + kChannels <= g.Cg; c += kChannels) {
-      feature_grad_channels<T, kChannels>(mb, db + c * hw, y, g, rows, fb + c * g.H * g.W);
+    T* fb = dfeat + (n * g.C + gi * g.Cg) * g.H * g.W;
+    for (int64_t t = 0; t < g.k2; ++t) {
+      padded_output_rows(mb + t * hw, y_first, nrows, lstride, g, mpad + t * plane);
     }
-    for (; c < g.Cg; ++c) {
-      feature_grad_channels<T, 1>(mb, db + c * hw, y, g, rows, fb + c * g.H * g.W);
+    for (int64_t c = 0; c < g.Cg; c += kChannels) {
+      const int64_t cn = std::min(kChannels, g.Cg - c);
+      for (int64_t cb = 0; cb < cn; ++cb) {
+        padded_output_rows(db + (c + cb) * hw, y_first, nrows, lstride, g, dpad + cb * plane);
+      }
+      for (int64_t y = ya; y < yb; ++y) {
+        T* out = fb + c * g.H * g.W + y * g.W;
+        if (cn == kChannels) {
+          feature_grad_row<T, kChannels>(mpad, plane, dpad, plane, lstride, y - ya, g, out, fold);
+        } else {
+          for (int64_t cb = 0; cb < cn; ++cb) {
+            feature_grad_row<T, 1>(mpad, plane, dpad + cb * plane, plane, lstride, y - ya, g,
+                                   out + cb * g.H * g.W, fold);
+          }
+        }
+      }
     }
   }
 }
 
 // Non-template entry points, so that each gets ISA clones (target_clones cannot clone templates).
-GLIMPSE_CLONES void forward_f32(const float* f, const float* m, float* o, const Geometry& g,
-                                int64_t b, int64_t e, float* buf) {
-  forward_units<float>(f, m, o, g, b, e, buf);
-}
-GLIMPSE_CLONES void forward_f64(const double* f, const double* m, double* o, const Geometry& g,
-                                int64_t b, int64_t e, double* buf) {
-  forward_units<double>(f, m, o, g, b, e, buf);
-}
-GLIMPSE_CLONES void mask_grad_f32(const float* f, const float* d, float* dm, const Geometry& g,
-                                  int64_t b, int64_t e, float* buf, float* acc) {
-  mask_grad_units<float>(f, d, dm, g, b, e, buf, acc);
-}
-GLIMPSE_CLONES void mask_grad_f64(const double* f, const double* d, double* dm, const Geometry& g,
-                                  int64_t b, int64_t e, double* buf, double* acc) {
-  mask_grad_units<double>(f, d, dm, g, b, e, buf, acc);
-}
-GLIMPSE_CLONES void feature_grad_f32(const float* m, const float* d, float* df, const Geometry& g,
-                                     int64_t b, int64_t e, float* buf) {
-  feature_grad_units<float>(m, d, df, g, b, e, buf);
-}
-GLIMPSE_CLONES void feature_grad_f64(const double* m, const double* d, double* df,
-                                     const Geometry& g, int64_t b, int64_t e, double* buf) {
-  feature_grad_units<double>(m, d, df, g, b, e, buf);
-}
+#define GLIMPSE_ENTRY_POINTS(T, SUFFIX)                                                          \
+  GLIMPSE_CLONES void forward_##SUFFIX(const T* f, const T* m, T* o, const Geometry& g,          \
+                                       int64_t b, int64_t e, ForwardScratch<T>& s) {            \
+    forward_units<T>(f, m, o, g, b, e, s.fup.data(), s.mtail.data());                            \
+  }                                                                                              \
+  GLIMPSE_CLONES void mask_grad_##SUFFIX(const T* f, const T* d, T* dm, const Geometry& g,       \
+                                         int64_t b, int64_t e, MaskGradScratch<T>& s) {         \
+    mask_grad_units<T>(f, d, dm, g, b, e, s.fup.data(), s.acc.data());                           \
+  }                                                                                              \
+  GLIMPSE_CLONES void feature_grad_##SUFFIX(const T* m, const T* d, T* df, const Geometry& g,    \
+                                            int64_t b, int64_t e, FeatureGradScratch<T>& s) {   \
+    feature_grad_units<T>(m, d, df, g, b, e, s.mpad.data(), s.dpad.data(), s.fold.data());       \
+  }                                                                                              \
+  inline void run_forward(const T* f, const T* m, T* o, const Geometry& g, int64_t b, int64_t e, \
+                          ForwardScratch<T>& s) {                                                \
+    forward_##SUFFIX(f, m, o, g, b, e, s);                                                       \
+  }                                                                                              \
+  inline void run_mask_grad(const T* f, const T* d, T* dm, const Geometry& g, int64_t b,         \
+                            int64_t e, MaskGradScratch<T>& s) {                                  \
+    mask_grad_##SUFFIX(f, d, dm, g, b, e, s);                                                    \
+  }                                                                                              \
+  inline void run_feature_grad(const T* m, const T* d, T* df, const Geometry& g, int64_t b,      \
+                               int64_t e, FeatureGradScratch<T>& s) {                            \
+    feature_grad_##SUFFIX(m, d, df, g, b, e, s);                                                 \
+  }
+GLIMPSE_ENTRY_POINTS(float, f32)
+GLIMPSE_ENTRY_POINTS(double, f64)
+#undef GLIMPSE_ENTRY_POINTS
 
-inline void forward_dispatch(const float* f, const float* m, float* o, const Geometry& g,
-                             int64_t b, int64_t e, float* buf) {
-  forward_f32(f, m, o, g, b, e, buf);
-}
-inline void forward_dispatch(const double* f, const double* m, double* o, const Geometry& g,
-                             int64_t b, int64_t e, double* buf) {
-  forward_f64(f, m, o, g, b, e, buf);
-}
-inline void mask_grad_dispatch(const float* f, const float* d, float* dm, const Geometry& g,
-                               int64_t b, int64_t e, float* buf, float* acc) {
-  mask_grad_f32(f, d, dm, g, b, e, buf, acc);
-}
-inline void mask_grad_dispatch(const double* f, const double* d, double* dm, const Geometry& g,
-                               int64_t b, int64_t e, double* buf, double* acc) {
-  mask_grad_f64(f, d, dm, g, b, e, buf, acc);
-}
-inline void feature_grad_dispatch(const float* m, const float* d, float* df, const Geometry& g,
-                                  int64_t b, int64_t e, float* buf) {
-  feature_grad_f32(m, d, df, g, b, e, buf);
-}
-inline void feature_grad_dispatch(const double* m, const double* d, double* df, const Geometry& g,
-                                  int64_t b, int64_t e, double* buf) {
-  feature_grad_f64(m, d, df, g, b, e, buf);
-}
-
-// Units (of `rows` source rows) per parallel task: about GRAIN_SIZE multiply-adds, so that tiny
+// Units (of kRows source rows) per parallel task: about GRAIN_SIZE multiply-adds, so that tiny
 // inputs stay on one thread.
-int64_t grain_for(const Geometry& g, int64_t rows) {
-  const int64_t per_unit = std::max<int64_t>(1, rows * g.Cg * g.s * g.Wo * g.k2);
+int64_t grain_for(const Geometry& g) {
+  const int64_t per_unit = std::max<int64_t>(1, kRows * g.Cg * g.s * g.Wo * g.k2);
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / per_unit);
+}
+
+// A fresh tensor for a kernel to overwrite completely. Large ones are backed by transparent huge
+// pages where the kernel allows it (THP "madvise" mode): first-touching a fresh 4 KiB-paged
+// output costs a page fault per 4 KiB, as much time as the kernel's own arithmetic.
+at::Tensor fresh_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  auto out = at::empty(sizes, options);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  const auto begin = reinterpret_cast<uintptr_t>(out.data_ptr());
+  const uintptr_t end = begin + out.nbytes();
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = end & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#endif
+  return out;
+}
+
+// float32 copies of reduced-precision tensors, so that they run the float32 kernels.
+bool reduced(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
+}
+at::Tensor as_float(const at::Tensor& t) {
+  return reduced(t) ? t.to(at::kFloat).contiguous() : t.contiguous();
 }
 
 at::Tensor carafe_forward_cpu(const at::Tensor& features, const at::Tensor& masks,
                               int64_t kernel_size, int64_t group_size, int64_t scale_factor) {
   check_carafe_args(features, masks, kernel_size, group_size, scale_factor);
-  const auto feat = features.contiguous();
-  const auto mask = masks.contiguous();
+  const auto feat = as_float(features);
+  const auto mask = as_float(masks);
   const Geometry g = make_geometry(feat, kernel_size, group_size, scale_factor);
-  auto out = at::empty({g.N, g.C, g.Ho, g.Wo}, feat.options());
-  if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(feat.scalar_type(), "glimpse::carafe (CPU)", [&] {
-    const scalar_t* f = feat.const_data_ptr<scalar_t>();
-    const scalar_t* m = mask.const_data_ptr<scalar_t>();
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, g.N * g.G * row_blocks(g), grain_for(g, kRows), [&](int64_t b, int64_t e) {
-      std::vector<scalar_t> fup(kChannels * (kRows + 2 * g.r) * g.Lp);
-      forward_dispatch(f, m, o, g, b, e, fup.data());
+  auto out = fresh_output({g.N, g.C, g.Ho, g.Wo}, feat.options());
+  if (out.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(feat.scalar_type(), "glimpse::carafe (CPU)", [&] {
+      const scalar_t* f = feat.const_data_ptr<scalar_t>();
+      const scalar_t* m = mask.const_data_ptr<scalar_t>();
+      scalar_t* o = out.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, g.N * g.G * row_blocks(g), grain_for(g), [&](int64_t b, int64_t e) {
+        ForwardScratch<scalar_t> scratch(g);
+        run_forward(f, m, o, g, b, e, scratch);
+      });
     });
-  });
-  return out;
+  }
+  return reduced(features) ? out.to(features.scalar_type()) : out;
 }
 
 std::tuple<at::Tensor, at::Tensor> carafe_backward_cpu(
@@ -440,32 +608,36 @@ std::tuple<at::Tensor, at::Tensor> carafe_backward_cpu(
     int64_t kernel_size, int64_t group_size, int64_t scale_factor) {
   check_carafe_args(features, masks, kernel_size, group_size, scale_factor);
   check_carafe_grad(grad_output, features, scale_factor);
-  const auto feat = features.contiguous();
-  const auto mask = masks.contiguous();
-  const auto dout = grad_output.contiguous();
+  const auto feat = as_float(features);
+  const auto mask = as_float(masks);
+  const auto dout = as_float(grad_output);
   const Geometry g = make_geometry(feat, kernel_size, group_size, scale_factor);
   // Every element of both gradients is written below, so they need no zero fill.
-  auto dfeat = at::empty(feat.sizes(), feat.options());
-  auto dmask = at::empty(mask.sizes(), mask.options());
-  if (dout.numel() == 0) return {dfeat.zero_(), dmask.zero_()};  // e.g. C = 0: dmask is 0
-  AT_DISPATCH_FLOATING_TYPES(feat.scalar_type(), "glimpse::carafe_backward (CPU)", [&] {
-    const scalar_t* f = feat.const_data_ptr<scalar_t>();
-    const scalar_t* m = mask.const_data_ptr<scalar_t>();
-    const scalar_t* d = dout.const_data_ptr<scalar_t>();
-    scalar_t* df = dfeat.mutable_data_ptr<scalar_t>();
-    scalar_t* dm = dmask.mutable_data_ptr<scalar_t>();
-    const int64_t units = g.N * g.G * g.H;
-    at::parallel_for(0, g.N * g.G * row_blocks(g), grain_for(g, kRows), [&](int64_t b, int64_t e) {
-      std::vector<scalar_t> fup(kChannels * (kRows + 2 * g.r) * g.Lp);
-      std::vector<scalar_t> acc(kRows * g.s * g.k2 * g.Wo);
-      mask_grad_dispatch(f, d, dm, g, b, e, fup.data(), acc.data());
+  auto dfeat = fresh_output(feat.sizes(), feat.options());
+  auto dmask = fresh_output(mask.sizes(), mask.options());
+  if (dout.numel() == 0) {  // e.g. C = 0: dmask is 0
+    dfeat.zero_();
+    dmask.zero_();
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(feat.scalar_type(), "glimpse::carafe_backward (CPU)", [&] {
+      const scalar_t* f = feat.const_data_ptr<scalar_t>();
+      const scalar_t* m = mask.const_data_ptr<scalar_t>();
+      const scalar_t* d = dout.const_data_ptr<scalar_t>();
+      scalar_t* df = dfeat.mutable_data_ptr<scalar_t>();
+      scalar_t* dm = dmask.mutable_data_ptr<scalar_t>();
+      const int64_t units = g.N * g.G * row_blocks(g);
+      at::parallel_for(0, units, grain_for(g), [&](int64_t b, int64_t e) {
+        MaskGradScratch<scalar_t> scratch(g);
+        run_mask_grad(f, d, dm, g, b, e, scratch);
+      });
+      at::parallel_for(0, units, grain_for(g), [&](int64_t b, int64_t e) {
+        FeatureGradScratch<scalar_t> scratch(g);
+        run_feature_grad(m, d, df, g, b, e, scratch);
+      });
     });
-    at::parallel_for(0, units, grain_for(g, 1), [&](int64_t b, int64_t e) {
-      std::vector<scalar_t> row(kChannels * g.Lp);
-      feature_grad_dispatch(m, d, df, g, b, e, row.data());
-    });
-  });
-  return {dfeat, dmask};
+  }
+  if (!reduced(features)) return {dfeat, dmask};
+  return {dfeat.to(features.scalar_type()), dmask.to(masks.scalar_type())};
 }
 
 }  // namespace
