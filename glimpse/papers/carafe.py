@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glimpse.layers import UPSAMPLER_LABELS, UPSAMPLERS, CARAFE, upsampler_flops
+from glimpse.layers import CARAFE, UPSAMPLER_LABELS, UPSAMPLERS, upsampler_flops
 from glimpse.papers import resolve_profile
 from glimpse.papers.figures import show_image
 from glimpse.papers.runner import (
@@ -473,8 +474,10 @@ def load_example_image(cfg: CarafeExperiment | None = None, size: int = 256
     from torchvision.io import read_image
     from torchvision.transforms.functional import center_crop, resize
 
-    root = Path(cfg.data_root) if cfg is not None and cfg.data_root else \
-        _repo().parent / "shared" / "data"
+    if cfg is not None and cfg.data_root:
+        root = Path(cfg.data_root)
+    else:  # the real test data beside the repository, as glimpse.papers.fishnet finds it
+        root = Path(os.environ.get("GLIMPSE_SHARED_DATA", _repo().parent / "shared" / "data"))
     path = root / "coco128" / "train2017" / "000000000009.jpg"
     if path.is_file():
         image, source = read_image(str(path)).float() / 255, f"coco128/train2017/{path.name}"
