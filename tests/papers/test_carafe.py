@@ -97,7 +97,15 @@ def test_table1_and_claim_on_hand_made_runs():
     assert claim.loc["FPN", "diff_mean"] == pytest.approx(3.5 / 3)
     assert claim.loc["mask head", "verdict"] == "inconclusive"
     assert (claim.loc["mask head", "agree"], claim.loc["mask head", "disagree"]) == (1, 1)
-    assert carafe.claim_table(cfg, runs.iloc[:0]).empty
+    assert list(claim["informative"]) == ["yes", "yes"]
+    zeros = pd.concat([_runs({"fpn_nearest": [0.0, 0.0], "fpn_carafe": [0.0, 0.5]}),
+                       _runs({"mask_head_nearest": [0.0, 0.0], "mask_head_carafe": [0.0, 0.0]},
+                             "mask_AP")], ignore_index=True)
+    claim = carafe.claim_table(cfg, zeros).set_index("where")
+    assert claim.loc["mask head", "verdict"] == "does not hold"  # the runner's rule for ties
+    assert list(claim["informative"]) == ["no", "no"]
+    empty = carafe.claim_table(cfg, runs.iloc[:0])
+    assert empty.empty and "verdict" in empty.columns
 
 
 def test_upsampler_timings():
