@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from glimpse.engine.train import TrainConfig
 from glimpse.layers import CARAFE, UPSAMPLER_LABELS, UPSAMPLERS, upsampler_flops
 from glimpse.papers import resolve_profile
 from glimpse.papers.figures import show_image
@@ -220,7 +221,7 @@ def _model_kwargs(cfg: CarafeExperiment, family: str) -> dict[str, Any]:
     return kwargs
 
 
-def _train_config(cfg: CarafeExperiment, model: str, iters: int):
+def _train_config(cfg: CarafeExperiment, model: str, iters: int) -> TrainConfig:
     return zoo_train_config(
         model, max_iters=iters, batch_size=cfg.batch_size, lr=cfg.lr,
         warmup_iters=min(cfg.warmup_iters, iters), amp=cfg.device != "cpu",
