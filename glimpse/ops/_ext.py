@@ -24,6 +24,7 @@ _ALL_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 SUPPORTED_DTYPES: dict[str, dict[str, tuple[torch.dtype, ...]]] = {
     "carafe": {"cpu": _FLOATS, "cuda": _ALL_FLOATS},
     "masked_conv2d": {"cpu": _FLOATS, "cuda": _ALL_FLOATS},
+    "roi_align": {"cpu": _FLOATS},
 }
 
 
