@@ -38,6 +38,9 @@ __all__ = ["CommandError", "build_parser", "main"]
 # the profiles every paper defines (DESIGN.md: smoke, cpu, full)
 _PROFILES = ("smoke", "cpu", "full")
 _BENCH_DETECTOR_MODELS = ("faster_rcnn_r50_fpn", "mask_rcnn_r50_fpn", "retinanet_r50_fpn")
+# glimpse.bench.detectors.SLIM_TRAIN_MODELS (not imported: the CLI imports torch lazily)
+_BENCH_SLIM_MODELS = ("faster_rcnn_slim_fpn", "mask_rcnn_slim_fpn", "retinanet_slim_fpn",
+                      "cascade_rcnn_slim_fpn")
 
 
 class CommandError(Exception):
@@ -298,14 +301,18 @@ def _add_bench(sub) -> None:
     d = benches.add_parser(
         "detectors", help="glimpse detectors against torchvision's",
         description="glimpse's R50-FPN detectors against torchvision's, same weights, same "
-                    "run (see glimpse.bench.detectors).")
+                    "run, and training steps of the slim models against torchvision models of "
+                    "the same sizes (see glimpse.bench.detectors).")
     d.add_argument("--repeats", type=int, default=5, help="timed runs per side (median)")
     d.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     d.add_argument("--quick", action="store_true", help="384x576 input instead of 800x1216")
     d.add_argument("--models", nargs="+", default=list(_BENCH_DETECTOR_MODELS),
                    choices=_BENCH_DETECTOR_MODELS)
     d.add_argument("--no-train", action="store_true", help="skip the training-step row")
-    d.add_argument("--train-batch", type=int, default=1, help="images per training step")
+    d.add_argument("--train-batch", type=int, default=1, help="images per R-50 training step")
+    d.add_argument("--slim", nargs="*", default=list(_BENCH_SLIM_MODELS),
+                   choices=_BENCH_SLIM_MODELS,
+                   help="slim models with a training-step row (128 px, batch 4); none: --slim")
     d.add_argument("--no-write", action="store_true", help="print only")
     d.set_defaults(run=_bench_detectors)
 
@@ -364,7 +371,7 @@ def _bench_detectors(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.threads < 1:
         raise CommandError("--repeats and --threads must be >= 1", 2)
     df = bench.run(args.repeats, args.threads, args.quick, args.models, not args.no_train,
-                   args.train_batch)
+                   args.train_batch, slim=args.slim)
     print(df.to_string(index=False))
     if not args.no_write:
         machine = {"threads": args.threads, "repeats": args.repeats,

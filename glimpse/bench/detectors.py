@@ -11,9 +11,17 @@ which both models place alike. Runs are interleaved (glimpse, torchvision, torch
 glimpse, ...) and medians compared, because the machines are shared and noisy; only the
 same-run ratio counts.
 
-The training-step row compares one SGD step (forward, backward, update) of Faster R-CNN with
-every backbone layer trainable and BatchNorm in train mode on both sides (torchvision's
+The R-50 training-step row compares one SGD step (forward, backward, update) of Faster R-CNN
+with every backbone layer trainable and BatchNorm in train mode on both sides (torchvision's
 configuration without pretrained weights).
+
+The slim training-step rows (:data:`SLIM_TRAIN_MODELS`) time one SGD step of each slim zoo model
+at 128 px, batch 4 (the smoke profile) against a torchvision detector built on the same glimpse
+slim backbone (BatchNorm in train mode) with a torchvision FPN of the same width, the same head
+widths, proposal and RoI counts: 1000 pre-NMS proposals per level, 300 kept, 128 sampled RoIs
+through 256-wide FCs, the 4-conv mask head, RetinaNet's 4-conv towers. torchvision has no
+Cascade R-CNN, so the cascade is timed against the one-stage Faster R-CNN (the ratio is the
+price of the two extra stages).
 """
 
 from __future__ import annotations
@@ -21,23 +29,36 @@ from __future__ import annotations
 import gc
 import statistics
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BenchCase", "run"]
+__all__ = ["BenchCase", "SLIM_TRAIN_MODELS", "run"]
+
+# Slim zoo models with a training-step row (128 px, batch 4).
+SLIM_TRAIN_MODELS = ("faster_rcnn_slim_fpn", "mask_rcnn_slim_fpn", "retinanet_slim_fpn",
+                     "cascade_rcnn_slim_fpn")
+_SLIM_SIZE = 128
+_SLIM_CLASSES = 8
 
 
 @dataclass
 class BenchCase:
-    """One row: two zero-argument callables timed against each other."""
+    """One row: two zero-argument callables timed against each other.
+
+    ``input`` is the image size (HxW); ``baseline`` names the torchvision model when it is not
+    the same architecture as ``model``.
+    """
 
     model: str
     mode: str
     glimpse_fn: Callable[[], object]
     torchvision_fn: Callable[[], object]
+    input: str = ""
+    baseline: str = "same"
 
 
 def _time(fn: Callable[[], object]) -> float:
@@ -148,7 +169,7 @@ def _eval_cases(names: Sequence[str], image: Tensor) -> list[BenchCase]:
             with torch.inference_mode():
                 return model([image])
 
-        cases.append(BenchCase(name, "inference", run_ours, run_theirs))
+        cases.append(BenchCase(name, "inference", run_ours, run_theirs, input=f"{h}x{w}"))
     return cases
 
 
@@ -179,19 +200,128 @@ def _train_case(image: Tensor, batch: int) -> BenchCase:
                                          box_roi_pool=MultiScaleRoIAlign(
                                              ["0", "1", "2", "3"], 7, sampling_ratio=0))
     theirs = _zero_box_regression(theirs).train()
-    opt_ours = torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=1e-4)
-    opt_theirs = torch.optim.SGD([p for p in theirs.parameters() if p.requires_grad], lr=1e-4)
+    return BenchCase(f"faster_rcnn_r50_fpn (batch {batch})", "train step",
+                     _sgd_step(ours, images, targets), _sgd_step(theirs, images, targets),
+                     input=f"{h}x{w}")
 
-    def step(model: nn.Module, opt: torch.optim.Optimizer) -> float:
+
+def _sgd_step(model: nn.Module, images: list[Tensor], targets: list[dict[str, Tensor]]
+              ) -> Callable[[], float]:
+    """One SGD step (forward, backward, update) of ``model`` on a fixed batch, as a callable.
+
+    Every entry of the loss dict is summed, but glimpse's ``stats_*`` (torchvision's RetinaNet
+    names its losses without the ``loss_`` prefix)."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> float:
         losses = model(images, targets)
-        loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
+        loss = sum(v for k, v in losses.items() if not k.startswith("stats_"))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return float(loss.detach())
 
-    return BenchCase(f"faster_rcnn_r50_fpn (batch {batch})", "train step",
-                     lambda: step(ours, opt_ours), lambda: step(theirs, opt_theirs))
+    return step
+
+
+def _slim_batch(batch: int, with_masks: bool) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+    """``batch`` random 128 px images, each with 5 boxes of 16-80 px (and box-shaped masks)."""
+    g = torch.Generator().manual_seed(0)
+    size = _SLIM_SIZE
+    images = [torch.rand(3, size, size, generator=g) for _ in range(batch)]
+    targets = []
+    for _ in range(batch):
+        wh = 16 + torch.rand(5, 2, generator=g) * 64
+        xy = torch.rand(5, 2, generator=g) * (size - wh)
+        boxes = torch.cat((xy, xy + wh), 1).round()
+        target = {"boxes": boxes, "labels": torch.randint(1, _SLIM_CLASSES + 1, (5,), generator=g)}
+        if with_masks:
+            masks = torch.zeros(5, size, size, dtype=torch.uint8)
+            for i, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
+                masks[i, y1:y2, x1:x2] = 1
+            target["masks"] = masks
+        targets.append(target)
+    return images, targets
+
+
+class _TorchvisionFPNBackbone(nn.Module):
+    """A glimpse backbone (C2..C5 dict) + torchvision's FPN on ``levels`` of it, as torchvision
+    detectors take it (``out_channels`` attribute, OrderedDict of maps)."""
+
+    def __init__(self, body: nn.Module, levels: Sequence[str], channels: int,
+                 extra_blocks: nn.Module) -> None:
+        from torchvision.ops import FeaturePyramidNetwork
+
+        super().__init__()
+        self.body = body
+        self.levels = list(levels)
+        self.fpn = FeaturePyramidNetwork([body.out_channels[k] for k in self.levels], channels,
+                                         extra_blocks=extra_blocks)
+        self.out_channels = channels
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        feats = self.body(x)
+        return self.fpn(OrderedDict((str(i), feats[k]) for i, k in enumerate(self.levels)))
+
+
+def _torchvision_slim(name: str) -> nn.Module:
+    """torchvision's counterpart of slim zoo model ``name``, sized by its zoo defaults (see the
+    module docstring)."""
+    import torchvision.models.detection as tvd
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.ops import MultiScaleRoIAlign
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+    from glimpse import zoo
+
+    defaults = zoo.MODELS[name].defaults
+    fpn_channels = defaults["fpn_channels"]
+    body = zoo.build_backbone(name)
+    size = dict(min_size=_SLIM_SIZE, max_size=_SLIM_SIZE)
+    if name.startswith("retinanet"):
+        backbone = _TorchvisionFPNBackbone(body, ("c3", "c4", "c5"), fpn_channels,
+                                           LastLevelP6P7(body.out_channels["c5"], fpn_channels))
+        return tvd.RetinaNet(backbone, _SLIM_CLASSES, **size)
+    backbone = _TorchvisionFPNBackbone(body, ("c2", "c3", "c4", "c5"), fpn_channels,
+                                       LastLevelMaxPool())
+    levels = ["0", "1", "2", "3"]
+    fc_channels = defaults["fc_channels"]
+    proposals = defaults["rpn_cfg"].train_proposals
+    kwargs = dict(
+        rpn_pre_nms_top_n_train=proposals.nms_pre,
+        rpn_post_nms_top_n_train=proposals.max_per_image,
+        box_roi_pool=MultiScaleRoIAlign(levels, 7, sampling_ratio=0),
+        box_head=TwoMLPHead(fpn_channels * 49, fc_channels),
+        box_predictor=FastRCNNPredictor(fc_channels, _SLIM_CLASSES + 1),
+        box_batch_size_per_image=defaults["rcnn_cfg"].train.num_samples, **size)
+    if name.startswith("mask_rcnn"):
+        return tvd.MaskRCNN(
+            backbone, None, mask_roi_pool=MultiScaleRoIAlign(levels, 14, sampling_ratio=0),
+            mask_head=MaskRCNNHeads(fpn_channels, [fpn_channels] * 4, 1),
+            mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, _SLIM_CLASSES + 1),
+            **kwargs)
+    return tvd.FasterRCNN(backbone, None, **kwargs)
+
+
+def _slim_train_case(name: str, batch: int) -> BenchCase:
+    """Training step of slim zoo model ``name`` against torchvision's counterpart."""
+    from glimpse import zoo
+
+    torch.manual_seed(0)
+    ours = zoo.build(name, _SLIM_CLASSES, image_scale=(_SLIM_SIZE, _SLIM_SIZE))
+    ours = _zero_box_regression(ours).train()
+    torch.manual_seed(0)
+    theirs = _zero_box_regression(_torchvision_slim(name)).train()
+    images, targets = _slim_batch(batch, with_masks="mask" in name)
+    theirs_targets = targets
+    if name.startswith("retinanet"):  # torchvision's RetinaNet counts classes from 0
+        theirs_targets = [{**t, "labels": t["labels"] - 1} for t in targets]
+    baseline = "FasterRCNN (no cascade)" if name.startswith("cascade") else "same"
+    return BenchCase(f"{name} (batch {batch})", "train step", _sgd_step(ours, images, targets),
+                     _sgd_step(theirs, images, theirs_targets),
+                     input=f"{_SLIM_SIZE}x{_SLIM_SIZE}",
+                     baseline=baseline)
 
 
 def run(
@@ -202,14 +332,32 @@ def run(
     train: bool = True,
     train_batch: int = 1,
     warmup: int = 1,
+    slim: Sequence[str] = SLIM_TRAIN_MODELS,
+    slim_batch: int = 4,
 ):
-    """Time every case; returns a pandas DataFrame (one row per case)."""
+    """Time every case; returns a pandas DataFrame (one row per case).
+
+    Args:
+        repeats: timed runs per side (medians are compared).
+        threads: torch intra-op threads.
+        quick: 384x576 instead of 800x1216 for the R-50 rows.
+        models: R-50 models with an inference row.
+        train: add the R-50 Faster R-CNN training-step row.
+        train_batch: images per R-50 training step.
+        warmup: untimed runs per side first.
+        slim: slim models with a training-step row (:data:`SLIM_TRAIN_MODELS`).
+        slim_batch: images per slim training step.
+    """
     import pandas as pd
 
+    unknown = sorted(set(slim) - set(SLIM_TRAIN_MODELS))
+    if unknown:
+        raise ValueError(f"slim: unknown models {unknown}; choose from {SLIM_TRAIN_MODELS}")
     torch.set_num_threads(threads)
     size = (384, 576) if quick else (800, 1216)
     image = torch.rand(3, *size, generator=torch.Generator().manual_seed(0))
-    cases = _eval_cases(models, image)
+    cases = [_slim_train_case(name, slim_batch) for name in slim]
+    cases += _eval_cases(models, image)
     if train:
         cases.append(_train_case(image, train_batch))
     rows = []
@@ -218,10 +366,11 @@ def run(
         rows.append({
             "model": case.model,
             "mode": case.mode,
-            "input": f"{size[0]}x{size[1]}",
+            "input": case.input,
             "glimpse_s": ours,
             "torchvision_s": theirs,
             "ratio": ours / theirs,
+            "torchvision_model": case.baseline,
         })
         print(f"{case.model:32s} {case.mode:10s} glimpse {ours:7.3f}s  torchvision "
               f"{theirs:7.3f}s  ratio {ours / theirs:5.2f}", flush=True)

@@ -25,6 +25,7 @@ SUPPORTED_DTYPES: dict[str, dict[str, tuple[torch.dtype, ...]]] = {
     # CPU CARAFE runs bfloat16/float16 through its float32 kernels (float32 accumulation).
     "carafe": {"cpu": _ALL_FLOATS, "cuda": _ALL_FLOATS},
     "masked_conv2d": {"cpu": _FLOATS, "cuda": _ALL_FLOATS},
+    "roi_align": {"cpu": _FLOATS},
 }
 
 

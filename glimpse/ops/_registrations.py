@@ -142,3 +142,61 @@ def _masked_conv2d_flop(features_shape, mask_shape, weight_shape, bias_shape, pa
     co, c, kh, kw = weight_shape
     n, _, ho, wo = out_shape
     return 2 * n * co * ho * wo * c * kh * kw
+
+
+# ----------------------------------------------------------------------------- roi_align
+
+
+@torch.library.register_fake("glimpse::roi_align")
+def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio,
+                    aligned):
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+@torch.library.register_fake("glimpse::roi_align_backward")
+def _roi_align_backward_fake(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size,
+                             channels, height, width, sampling_ratio, aligned):
+    return grad.new_empty((batch_size, channels, height, width))
+
+
+def _roi_align_setup_context(ctx, inputs, output):
+    input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = inputs
+    ctx.save_for_backward(rois)
+    ctx.input_shape = tuple(input.shape)
+    ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+
+
+def _roi_align_backward(ctx, grad_output):
+    (rois,) = ctx.saved_tensors
+    spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ctx.params
+    grad_input = torch.ops.glimpse.roi_align_backward(
+        grad_output, rois, spatial_scale, pooled_height, pooled_width, *ctx.input_shape,
+        sampling_ratio, aligned)
+    # RoIAlign is not differentiable in the box coordinates (torchvision neither)
+    return grad_input, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "glimpse::roi_align", _roi_align_backward, setup_context=_roi_align_setup_context
+)
+
+
+def _roi_align_backward_setup_context(ctx, inputs, output):
+    grad, rois, spatial_scale, pooled_height, pooled_width = inputs[:5]
+    sampling_ratio, aligned = inputs[9:]
+    ctx.save_for_backward(rois)
+    ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+
+
+def _roi_align_double_backward(ctx, grad_grad_input):
+    # roi_align_backward is the transpose of the linear map roi_align, so its own
+    # vector-Jacobian product is roi_align again.
+    (rois,) = ctx.saved_tensors
+    d_grad = torch.ops.glimpse.roi_align(grad_grad_input, rois, *ctx.params)
+    return (d_grad,) + (None,) * 10
+
+
+torch.library.register_autograd(
+    "glimpse::roi_align_backward", _roi_align_double_backward,
+    setup_context=_roi_align_backward_setup_context,
+)

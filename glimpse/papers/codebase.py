@@ -183,32 +183,15 @@ class CodebaseConfig:
 
 # Smoke: slim backbones on 128 px synthetic shapes, fixed small iteration counts, so that the
 # whole notebook runs in about 4 minutes on 2 CPU cores. Faster R-CNN, the running example,
-# trains longest. On 128 px images the 1x settings (1000 proposals, 512 sampled RoIs per image,
-# 1024-wide FC layers) cost 3x the time for nothing (RoIAlign's CPU backward dominates), so the
-# two-stage smoke models sample 128 RoIs from 300 proposals through 256-wide FC layers.
-def _slim_two_stage(family: str) -> dict[str, Any]:
-    """Builder keywords of the slim recipe; cascades keep their own RPN (SmoothL1 beta 1/9)."""
-    from glimpse.detectors.two_stage import CASCADE_RPN, RCNNConfig, RPNConfig
-    from glimpse.heads.roi_box import RCNNTrainConfig
-    from glimpse.heads.rpn import ProposalConfig
-
-    base_rpn = CASCADE_RPN if family.startswith("cascade") else RPNConfig()
-    proposals = ProposalConfig(nms_pre=1000, max_per_image=300)
-    return {"fc_channels": 256,
-            "rpn_cfg": dataclasses.replace(base_rpn, train_proposals=proposals),
-            "rcnn_cfg": RCNNConfig(train=RCNNTrainConfig(num_samples=128))}
-
-
+# trains longest. The slim zoo rows carry the fast R-CNN recipe (128 RoIs sampled from 300
+# proposals, 256-wide FCs; see glimpse.zoo).
 def _smoke_runs() -> tuple[DetectorRun, ...]:
     return (
-        DetectorRun("faster_rcnn_slim_fpn", 300, 4, lr=0.02, warmup_iters=50,
-                    model_kwargs=_slim_two_stage("faster_rcnn")),
-        DetectorRun("mask_rcnn_slim_fpn", 120, 4, lr=0.02, warmup_iters=50,
-                    model_kwargs=_slim_two_stage("mask_rcnn")),
+        DetectorRun("faster_rcnn_slim_fpn", 300, 4, lr=0.02, warmup_iters=50),
+        DetectorRun("mask_rcnn_slim_fpn", 120, 4, lr=0.02, warmup_iters=50),
         # RetinaNet is about 5x cheaper per iteration than the two-stage models
         DetectorRun("retinanet_slim_fpn", 200, 4, lr=0.01, warmup_iters=50),
-        DetectorRun("cascade_rcnn_slim_fpn", 100, 4, lr=0.02, warmup_iters=50,
-                    model_kwargs=_slim_two_stage("cascade_rcnn")),
+        DetectorRun("cascade_rcnn_slim_fpn", 100, 4, lr=0.02, warmup_iters=50),
     )
 
 
@@ -217,12 +200,12 @@ def _smoke_runs() -> tuple[DetectorRun, ...]:
 def _cpu_runs() -> tuple[DetectorRun, ...]:
     two_stage = ("faster_rcnn", "mask_rcnn", "cascade_rcnn", "cascade_mask_rcnn")
     runs = [DetectorRun(f"{f}_slim_fpn", 3000 if f == "faster_rcnn" else 1500, 4, lr=0.02,
-                        warmup_iters=200, model_kwargs=_slim_two_stage(f)) for f in two_stage]
+                        warmup_iters=200) for f in two_stage]
     runs.append(DetectorRun("retinanet_slim_fpn", 1500, 4, lr=0.01, warmup_iters=200))
     runs.append(DetectorRun("rpn_slim_fpn", 1500, 4, lr=0.02, warmup_iters=200))
     # real images: the first 112 COCO128 images, evaluated on its last 16 (glimpse.data)
     runs.append(DetectorRun("faster_rcnn_slim_fpn", 1500, 4, lr=0.02, warmup_iters=200,
-                            model_kwargs=_slim_two_stage("faster_rcnn"), data="coco128"))
+                            data="coco128"))
     return tuple(runs)
 
 

@@ -28,4 +28,14 @@ TORCH_LIBRARY(glimpse, m) {
   m.def(
       "masked_conv2d(Tensor features, Tensor mask, Tensor weight, Tensor? bias, int[2] padding)"
       " -> Tensor");
+  // RoIAlign (Mask R-CNN), torchvision's semantics and results: input (N, C, H, W), rois (R, 5)
+  // (batch index, x1, y1, x2, y2) -> (R, C, pooled_height, pooled_width).
+  m.def(
+      "roi_align(Tensor input, Tensor rois, float spatial_scale, int pooled_height,"
+      " int pooled_width, int sampling_ratio, bool aligned) -> Tensor");
+  // Gradient of roi_align with respect to its input, (batch_size, channels, height, width).
+  m.def(
+      "roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, int pooled_height,"
+      " int pooled_width, int batch_size, int channels, int height, int width,"
+      " int sampling_ratio, bool aligned) -> Tensor");
 }

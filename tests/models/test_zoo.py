@@ -3,11 +3,16 @@ train + eval forward of every slim smoke model."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
 
 from glimpse import zoo
+from glimpse.detectors.two_stage import CASCADE_RPN, RCNNConfig, RPNConfig
+from glimpse.heads.roi_box import RCNNTrainConfig
+from glimpse.heads.rpn import ProposalConfig
 
 # mmdetection 3.3.0 parameter counts (../shared/tools/mmdet-oracle/README.md: all
 # ``parameters()``, BN affine included, 80 classes, 1x configs).
@@ -125,16 +130,22 @@ def test_slim_models_train_and_eval(name):
 
 # The full zoo table as it was written out by hand: families x backbones are generated now, and
 # this pin keeps every name and spec exactly as it was (name: detector, backbone, defaults,
-# base_lr; no model has backbone defaults).
+# base_lr; no model has backbone defaults). The slim R-CNN rows carry the fast recipe (issue 14):
+# 128 RoIs sampled from 300 training proposals through 256-wide FCs.
+_SLIM_FAST = {'fpn_channels': 64, 'fc_channels': 256,
+              'rcnn_cfg': RCNNConfig(train=RCNNTrainConfig(num_samples=128))}
+_PROPOSALS_300 = ProposalConfig(nms_pre=1000, max_per_image=300)
+_SLIM_RCNN = {**_SLIM_FAST, 'rpn_cfg': RPNConfig(train_proposals=_PROPOSALS_300)}
+_SLIM_CASCADE = {**_SLIM_FAST, 'rpn_cfg': replace(CASCADE_RPN, train_proposals=_PROPOSALS_300)}
 ZOO_TABLE = {
     'cascade_mask_rcnn_r101_fpn': ('cascade_mask_rcnn', 'r101', {}, 0.02),
     'cascade_mask_rcnn_r50_fpn': ('cascade_mask_rcnn', 'r50', {}, 0.02),
-    'cascade_mask_rcnn_slim_fpn': ('cascade_mask_rcnn', 'slim', {'fpn_channels': 64}, 0.02),
+    'cascade_mask_rcnn_slim_fpn': ('cascade_mask_rcnn', 'slim', _SLIM_CASCADE, 0.02),
     'cascade_mask_rcnn_x101_32x4d_fpn': ('cascade_mask_rcnn', 'x101_32x4d', {}, 0.02),
     'cascade_mask_rcnn_x50_32x4d_fpn': ('cascade_mask_rcnn', 'x50_32x4d', {}, 0.02),
     'cascade_rcnn_r101_fpn': ('cascade_rcnn', 'r101', {}, 0.02),
     'cascade_rcnn_r50_fpn': ('cascade_rcnn', 'r50', {}, 0.02),
-    'cascade_rcnn_slim_fpn': ('cascade_rcnn', 'slim', {'fpn_channels': 64}, 0.02),
+    'cascade_rcnn_slim_fpn': ('cascade_rcnn', 'slim', _SLIM_CASCADE, 0.02),
     'cascade_rcnn_x101_32x4d_fpn': ('cascade_rcnn', 'x101_32x4d', {}, 0.02),
     'cascade_rcnn_x50_32x4d_fpn': ('cascade_rcnn', 'x50_32x4d', {}, 0.02),
     'fast_rcnn_r101_fpn': ('fast_rcnn', 'r101', {}, 0.02),
@@ -142,15 +153,15 @@ ZOO_TABLE = {
                                     {'fpn_channels': 64} if backbone == 'slim' else {}, 0.02)
        for family in ('htc', 'htc_without_semantic') for backbone in BACKBONES},
     'fast_rcnn_r50_fpn': ('fast_rcnn', 'r50', {}, 0.02),
-    'fast_rcnn_slim_fpn': ('fast_rcnn', 'slim', {'fpn_channels': 64}, 0.02),
+    'fast_rcnn_slim_fpn': ('fast_rcnn', 'slim', _SLIM_FAST, 0.02),
     'fast_rcnn_x101_32x4d_fpn': ('fast_rcnn', 'x101_32x4d', {}, 0.02),
     'fast_rcnn_x50_32x4d_fpn': ('fast_rcnn', 'x50_32x4d', {}, 0.02),
     'faster_rcnn_fishnet150_fpn': ('faster_rcnn', 'fishnet150', {}, 0.02),
     'faster_rcnn_fishnet99_fpn': ('faster_rcnn', 'fishnet99', {}, 0.02),
-    'faster_rcnn_fishnet_slim_fpn': ('faster_rcnn', 'fishnet_slim', {'fpn_channels': 64}, 0.02),
+    'faster_rcnn_fishnet_slim_fpn': ('faster_rcnn', 'fishnet_slim', _SLIM_RCNN, 0.02),
     'faster_rcnn_r101_fpn': ('faster_rcnn', 'r101', {}, 0.02),
     'faster_rcnn_r50_fpn': ('faster_rcnn', 'r50', {}, 0.02),
-    'faster_rcnn_slim_fpn': ('faster_rcnn', 'slim', {'fpn_channels': 64}, 0.02),
+    'faster_rcnn_slim_fpn': ('faster_rcnn', 'slim', _SLIM_RCNN, 0.02),
     'faster_rcnn_x101_32x4d_fpn': ('faster_rcnn', 'x101_32x4d', {}, 0.02),
     'faster_rcnn_x50_32x4d_fpn': ('faster_rcnn', 'x50_32x4d', {}, 0.02),
     'ga_fast_rcnn_r101_fpn': ('ga_fast_rcnn', 'r101', {}, 0.02),
@@ -175,10 +186,10 @@ ZOO_TABLE = {
     'ga_rpn_x101_32x4d_fpn': ('ga_rpn', 'x101_32x4d', {}, 0.02),
     'ga_rpn_x50_32x4d_fpn': ('ga_rpn', 'x50_32x4d', {}, 0.02),
     'mask_rcnn_fishnet188_fpn': ('mask_rcnn', 'fishnet188', {}, 0.02),
-    'mask_rcnn_fishnet_slim_fpn': ('mask_rcnn', 'fishnet_slim', {'fpn_channels': 64}, 0.02),
+    'mask_rcnn_fishnet_slim_fpn': ('mask_rcnn', 'fishnet_slim', _SLIM_RCNN, 0.02),
     'mask_rcnn_r101_fpn': ('mask_rcnn', 'r101', {}, 0.02),
     'mask_rcnn_r50_fpn': ('mask_rcnn', 'r50', {}, 0.02),
-    'mask_rcnn_slim_fpn': ('mask_rcnn', 'slim', {'fpn_channels': 64}, 0.02),
+    'mask_rcnn_slim_fpn': ('mask_rcnn', 'slim', _SLIM_RCNN, 0.02),
     'mask_rcnn_x101_32x4d_fpn': ('mask_rcnn', 'x101_32x4d', {}, 0.02),
     'mask_rcnn_x50_32x4d_fpn': ('mask_rcnn', 'x50_32x4d', {}, 0.02),
     'retinanet_r101_fpn': ('retinanet', 'r101', {}, 0.01),

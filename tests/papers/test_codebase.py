@@ -132,17 +132,23 @@ def test_full_profile_dry_check_builds_models():
 
 @pytest.mark.parametrize("profile", ["smoke", "cpu"])
 def test_slim_profiles_build_every_model(profile):
-    """Every run's builder keywords are accepted; cascades keep their SmoothL1 RPN (beta 1/9)."""
+    """Every run's builder keywords are accepted; the R-CNNs train on the zoo's fast slim recipe
+    (300 proposals, 128 RoIs, 256-wide FCs) and cascades keep their SmoothL1 RPN (beta 1/9)."""
+    from glimpse import zoo
     from glimpse.detectors.two_stage import CASCADE_RPN
 
     cfg = cb.resolve(profile, device="cpu")
     table = cb.dry_check(cfg)
     assert list(table["model"]) == [run.model for run in cfg.runs]
     for run in cfg.runs:
-        if run.family == "cascade_rcnn":
-            rpn_cfg = run.model_kwargs["rpn_cfg"]
-            assert rpn_cfg.box_loss_beta == CASCADE_RPN.box_loss_beta
-            assert rpn_cfg.train_proposals.max_per_image == 300
+        kwargs = {**zoo.MODELS[run.model].defaults, **run.model_kwargs}
+        if run.family in ("rpn", "retinanet"):
+            continue
+        assert kwargs["fc_channels"] == 256
+        assert kwargs["rcnn_cfg"].train.num_samples == 128
+        assert kwargs["rpn_cfg"].train_proposals.max_per_image == 300
+        if run.family.startswith("cascade"):
+            assert kwargs["rpn_cfg"].box_loss_beta == CASCADE_RPN.box_loss_beta
 
 
 def test_baseline_table_beside_mmdet():
