@@ -184,6 +184,8 @@ CARAFE_DETECTORS: dict[str, Callable[..., nn.Module]] = {
     "mask_rcnn_carafe": _lazy_builder("glimpse.detectors.carafe", "mask_rcnn_carafe"),
 }
 DETECTORS.update(CARAFE_DETECTORS)
+_SLIM_FAMILY_DEFAULTS.update({f"{family}_carafe": _SLIM_FAMILY_DEFAULTS[family]
+                              for family in ("faster_rcnn", "mask_rcnn")})
 MODELS.update({f"{family.removesuffix('_carafe')}_{backbone}_fpn_carafe": _spec(family, backbone)
                for family in CARAFE_DETECTORS for backbone in RESNET_BACKBONES})
 

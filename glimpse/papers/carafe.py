@@ -104,8 +104,6 @@ class CarafeExperiment:
         lr: peak learning rate (absolute).
         warmup_iters: linear warm-up length.
         image_scale: detector input scale (long, short edge).
-        slim_heads: the smoke recipe of the codebase notebook (300 proposals, 128 sampled RoIs,
-            256-wide FCs), which keeps RoIAlign's CPU backward from dominating.
         max_val_images: evaluate on the first this many val images (None: all).
         timing_channels, timing_size: the map of the forward-time column (256 x 50 x 76 at
             stride 16 of an 800 x 1216 image).
@@ -136,7 +134,6 @@ class CarafeExperiment:
     lr: float = 0.02
     warmup_iters: int = 20
     image_scale: tuple[int, int] = (128, 128)
-    slim_heads: bool = True
     max_val_images: int | None = 20
     timing_channels: int = 256
     timing_size: tuple[int, int] = (50, 76)
@@ -183,7 +180,7 @@ PROFILES: dict[str, CarafeExperiment] = {
         profile="full", device="cuda", num_seeds=1, data="coco",
         faster_model="faster_rcnn_r50_fpn_carafe", mask_model="mask_rcnn_r50_fpn_carafe",
         fpn_upsamplers=tuple(UPSAMPLERS), iters=87_960, mask_iters=87_960, batch_size=2,
-        warmup_iters=500, image_scale=(1333, 800), slim_heads=False, max_val_images=None,
+        warmup_iters=500, image_scale=(1333, 800), max_val_images=None,
         deterministic=False, dry_run=True, work_root="results/carafe/runs/full"),
 }
 
@@ -212,13 +209,9 @@ def paper_table(name: str) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 
 
-def _model_kwargs(cfg: CarafeExperiment, family: str) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"image_scale": tuple(cfg.image_scale)}
-    if cfg.slim_heads:
-        from glimpse.papers.codebase import _slim_two_stage
-
-        kwargs.update(_slim_two_stage(family))
-    return kwargs
+def _model_kwargs(cfg: CarafeExperiment) -> dict[str, Any]:
+    # the slim zoo rows carry the fast slim R-CNN recipe (glimpse.zoo), the R-50 rows mmdet's
+    return {"image_scale": tuple(cfg.image_scale)}
 
 
 def _train_config(cfg: CarafeExperiment, model: str, iters: int) -> TrainConfig:
@@ -234,7 +227,7 @@ def fpn_variant(cfg: CarafeExperiment, upsampler: str) -> Variant:
     named ``fpn_<upsampler>``."""
     return Variant(f"fpn_{upsampler}", cfg.faster_model,
                    _train_config(cfg, cfg.faster_model, cfg.iters),
-                   {**_model_kwargs(cfg, "faster_rcnn"), "upsampler": upsampler})
+                   {**_model_kwargs(cfg), "upsampler": upsampler})
 
 
 def mask_variant(cfg: CarafeExperiment, mask_upsampler: str) -> Variant:
@@ -242,7 +235,7 @@ def mask_variant(cfg: CarafeExperiment, mask_upsampler: str) -> Variant:
     ``mask_upsampler`` as the mask head's x2 upsampler, named ``mask_head_<upsampler>``."""
     return Variant(f"mask_head_{mask_upsampler}", cfg.mask_model,
                    _train_config(cfg, cfg.mask_model, cfg.mask_iters),
-                   {**_model_kwargs(cfg, "mask_rcnn"), "upsampler": cfg.mask_fpn_upsampler,
+                   {**_model_kwargs(cfg), "upsampler": cfg.mask_fpn_upsampler,
                     "mask_upsampler": mask_upsampler})
 
 

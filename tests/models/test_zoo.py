@@ -206,12 +206,12 @@ ZOO_TABLE = {
     # CARAFE paper: FPN_CARAFE neck (+ CARAFE mask head), every ResNet backbone
     'faster_rcnn_r101_fpn_carafe': ('faster_rcnn_carafe', 'r101', {}, 0.02),
     'faster_rcnn_r50_fpn_carafe': ('faster_rcnn_carafe', 'r50', {}, 0.02),
-    'faster_rcnn_slim_fpn_carafe': ('faster_rcnn_carafe', 'slim', {'fpn_channels': 64}, 0.02),
+    'faster_rcnn_slim_fpn_carafe': ('faster_rcnn_carafe', 'slim', _SLIM_RCNN, 0.02),
     'faster_rcnn_x101_32x4d_fpn_carafe': ('faster_rcnn_carafe', 'x101_32x4d', {}, 0.02),
     'faster_rcnn_x50_32x4d_fpn_carafe': ('faster_rcnn_carafe', 'x50_32x4d', {}, 0.02),
     'mask_rcnn_r101_fpn_carafe': ('mask_rcnn_carafe', 'r101', {}, 0.02),
     'mask_rcnn_r50_fpn_carafe': ('mask_rcnn_carafe', 'r50', {}, 0.02),
-    'mask_rcnn_slim_fpn_carafe': ('mask_rcnn_carafe', 'slim', {'fpn_channels': 64}, 0.02),
+    'mask_rcnn_slim_fpn_carafe': ('mask_rcnn_carafe', 'slim', _SLIM_RCNN, 0.02),
     'mask_rcnn_x101_32x4d_fpn_carafe': ('mask_rcnn_carafe', 'x101_32x4d', {}, 0.02),
     'mask_rcnn_x50_32x4d_fpn_carafe': ('mask_rcnn_carafe', 'x50_32x4d', {}, 0.02),
 }
