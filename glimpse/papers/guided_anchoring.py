@@ -257,8 +257,8 @@ def _evaluator(cfg: GAConfig, name: str) -> Any:
     return coco_metrics(("proposal",) if proposal else None, cfg.eval_batch_size)
 
 
-def run_experiments(cfg: GAConfig, data: tuple[Any, Any], *, names: Sequence[str] | None = None,
-                    verbose: bool = True) -> GARuns:
+def run_experiments(cfg: GAConfig, data: tuple[Any, Any] | None, *,
+                    names: Sequence[str] | None = None, verbose: bool = True) -> GARuns:
     """Train and evaluate the variants: the paired ones (RPN, GA-RPN, Faster, GA-Faster) for
     every seed of ``cfg.seeds``, the others for ``cfg.seed``, each through the shared runner
     (seeded, resumable under ``work_dir``, deterministic on CPU when ``cfg.deterministic``).
@@ -266,17 +266,19 @@ def run_experiments(cfg: GAConfig, data: tuple[Any, Any], *, names: Sequence[str
 
     Args:
         cfg: resolved configuration (nothing runs when ``cfg.dry_run``).
-        data: ``(train, val)`` datasets.
+        data: ``(train, val)`` datasets (unused, may be None, when ``cfg.dry_run``).
         names: run only these variants (default: all).
         verbose: one line per run.
     """
-    all_variants = variants(cfg, data[0].default_image_scale)
-    names = list(all_variants) if names is None else list(names)
-    unknown = sorted(set(names) - set(all_variants))
+    names = list(_FAMILIES) if names is None else list(names)
+    unknown = sorted(set(names) - set(_FAMILIES))
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; choose from {list(all_variants)}")
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {list(_FAMILIES)}")
     if cfg.dry_run:
         return GARuns(pd.DataFrame(), {})
+    if data is None:
+        raise ValueError("run_experiments needs data=(train, val) unless cfg.dry_run")
+    all_variants = variants(cfg, data[0].default_image_scale)
     models: dict[str, nn.Module] = {}
 
     def keep(run: Any) -> None:
