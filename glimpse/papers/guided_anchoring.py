@@ -246,7 +246,8 @@ def variants(cfg: GAConfig, image_scale: tuple[int, int]) -> dict[str, Variant]:
 @dataclass
 class GARuns:
     """The experiments' results: ``runs`` (:func:`~glimpse.papers.runner.run_variants` rows of
-    every variant and seed) and the trained models of ``cfg.seed`` by variant name (eval mode)."""
+    every variant and seed) and one trained model per variant name (eval mode): ``cfg.seed``'s,
+    or for a paired variant when ``cfg.seed`` is not among ``cfg.seeds``, its first seed's."""
 
     runs: pd.DataFrame
     models: dict[str, nn.Module]
@@ -282,9 +283,11 @@ def run_experiments(cfg: GAConfig, data: tuple[Any, Any] | None, *,
     models: dict[str, nn.Module] = {}
 
     def keep(run: Any) -> None:
-        if run.record.seed == cfg.seed:
+        name = run.record.variant
+        first = (cfg.seeds if _FAMILIES[name][1] else (cfg.seed,))[0]
+        if run.record.seed == cfg.seed or (cfg.seed not in cfg.seeds and run.record.seed == first):
             _set_loc_filter_thr(run.model, cfg.loc_filter_thr)
-            models[run.record.variant] = run.model
+            models[name] = run.model
         if verbose:
             how = "reused" if run.reused else f"{run.record.wall_seconds:.0f} s"
             shown = ", ".join(f"{k} {v:.1f}" for k, v in run.record.metrics.items()
@@ -447,8 +450,9 @@ def ga_internals(model: nn.Module, image: Tensor) -> dict[str, Any]:
         ``loc``: per level float [H_l, W_l] location scores (sigmoid); ``loc_logits``: the
         logits; ``anchors``: per level [H_l * W_l, 4] guided anchors (xyxy, original pixels);
         ``kept``: per level bool [H_l, W_l] at the head's ``loc_filter_thr``; ``strides``;
-        the head's ``anchoring`` and ``train_cfg``; ``feature_sizes``; ``scale``: (sx, sy) from original to network pixels; ``proposals``
-        [P, 4] (original pixels) and ``scores`` [P].
+        the head's ``anchoring`` and ``train_cfg``; ``feature_sizes``; ``scale``: (sx, sy)
+        from original to network pixels; ``proposals`` [P, 4] (original pixels) and ``scores``
+        [P].
     """
     head = _ga_head(model)
     if head is None or not hasattr(model, "rpn_head"):

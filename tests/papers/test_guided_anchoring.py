@@ -188,7 +188,8 @@ def test_smoke_dry_run_two_iterations(tmp_path):
                                                     "GA-RPN": internals["proposals"]})):
         plt.close(fig)
 
-    # a second call reuses nothing unless asked: reuse_finished reloads the finished runs
-    again = ga.run_experiments(dataclasses.replace(cfg, reuse_finished=True), (train, val),
-                               names=["RPN"], verbose=False)
+    # reuse_finished reloads the finished runs
+    again = ga.run_experiments(dataclasses.replace(cfg, reuse_finished=True, seed=7),
+                               (train, val), names=["RPN"], verbose=False)
     assert again.runs["reused"].all()
+    assert list(again.models) == ["RPN"]  # seed 7 is not paired: the first paired seed's model
