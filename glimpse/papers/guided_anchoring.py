@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from glimpse.papers import resolve_profile
+from glimpse.papers.codebase import pick_example  # the walkthrough image, as notebook 00
 from glimpse.papers.figures import COLORS, draw_box, show_image
 from glimpse.papers.runner import (
     Variant,
@@ -192,13 +193,6 @@ def load_data(cfg: GAConfig) -> tuple[Any, Any]:
     root = cfg.data_root or None
     return (build_dataset(cfg.data, split="train", data_root=root, train=True),
             build_dataset(cfg.data, split="val", data_root=root, train=False))
-
-
-def pick_example(dataset: Any, candidates: int = 20) -> tuple[Tensor, dict[str, Tensor]]:
-    """The image with the most instances among the first ``candidates`` (ties: the first)."""
-    best = max(range(min(candidates, len(dataset))),
-               key=lambda i: (len(dataset[i][1]["boxes"]), -i))
-    return dataset[best]
 
 
 # --------------------------------------------------------------------------------------------
