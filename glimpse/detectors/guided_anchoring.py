@@ -65,13 +65,16 @@ GA_RCNN_STDS = (0.05, 0.05, 0.1, 0.1)
 
 def _ga_rpn_head(rpn_head: nn.Module | None, channels: int, anchoring: GuidedAnchoring | None,
                  train_cfg: GATrainConfig | None, train_proposals: GAProposalConfig,
-                 test_proposals: GAProposalConfig) -> nn.Module:
-    check_part("rpn_head", rpn_head, anchoring=anchoring, train_cfg=train_cfg)
+                 test_proposals: GAProposalConfig, feature_adaption: bool | None = None
+                 ) -> nn.Module:
+    check_part("rpn_head", rpn_head, anchoring=anchoring, train_cfg=train_cfg,
+               feature_adaption=feature_adaption)
     if rpn_head is not None:
         return rpn_head
     return GARPNHead(channels, anchoring=anchoring or GA_RPN_ANCHORING,
                      train_cfg=train_cfg or GA_RPN_TRAIN, train_proposals=train_proposals,
-                     test_proposals=test_proposals)
+                     test_proposals=test_proposals,
+                     feature_adaption=True if feature_adaption is None else feature_adaption)
 
 
 def ga_rpn(
@@ -86,6 +89,7 @@ def ga_rpn(
     rpn_head: nn.Module | None = None,
     anchoring: GuidedAnchoring | None = None,
     train_cfg: GATrainConfig | None = None,
+    feature_adaption: bool | None = None,
 ) -> TwoStageDetector:
     """GA-RPN alone (mmdet ``ga-rpn_r50-caffe_fpn_1x``): up to 1000 proposals per image.
 
@@ -101,9 +105,10 @@ def ga_rpn(
         rpn_head: a ready head (replaces the GA-RPN head).
         anchoring: (head) :class:`~glimpse.heads.guided_anchor.GuidedAnchoring`.
         train_cfg: (head) :class:`~glimpse.heads.guided_anchor.GATrainConfig`.
+        feature_adaption: (head) ``False`` for the paper's "GA-RPN w/o F.A." ablation.
     """
     head = _ga_rpn_head(rpn_head, fpn_channels, anchoring, train_cfg, GAProposalConfig(),
-                        GAProposalConfig())
+                        GAProposalConfig(), feature_adaption)
     return rpn(backbone, num_classes, fpn_channels=fpn_channels, image_scale=image_scale,
                size_divisor=size_divisor, neck=neck, upsampler=upsampler, rpn_head=head)
 

@@ -208,6 +208,10 @@ class GuidedAnchorHead(nn.Module):
         box_loss_beta: SmoothL1 beta of the box loss (GA-RPN 1.0, GA-RetinaNet 0.04).
         loss_weights: multiplier per loss key, default 1 (the GA configs weigh all four 1).
         test_cfg: detection post-processing (:class:`~glimpse.heads.retina.RetinaTestConfig`).
+        feature_adaption: ``False`` drops the :class:`~glimpse.layers.FeatureAdaption` (the
+            paper's "GA-RPN w/o F.A." ablation; not an mmdet option): the classifier and
+            regressor read the un-adapted features, which then need ``feat_channels ==
+            in_channels``.
     """
 
     LOSS_KEYS = ("loss_cls", "loss_box", "loss_anchor_shape", "loss_anchor_loc")
@@ -224,6 +228,7 @@ class GuidedAnchorHead(nn.Module):
         box_loss_beta: float = 1.0,
         loss_weights: Mapping[str, float] | None = None,
         test_cfg: RetinaTestConfig = RetinaTestConfig(),
+        feature_adaption: bool = True,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -232,6 +237,10 @@ class GuidedAnchorHead(nn.Module):
             raise ValueError(f"cls_loss must be 'sigmoid' or 'focal', got {cls_loss!r}")
         if not 0.0 <= anchoring.loc_filter_thr <= 1.0:
             raise ValueError(f"loc_filter_thr must lie in [0, 1], got {anchoring.loc_filter_thr}")
+        if not feature_adaption and feat_channels != in_channels:
+            raise ValueError(f"feature_adaption=False needs feat_channels ({feat_channels}) == "
+                             f"in_channels ({in_channels})")
+        self.adapt_features = feature_adaption
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.feat_channels = feat_channels
@@ -265,7 +274,8 @@ class GuidedAnchorHead(nn.Module):
         c, f = self.in_channels, self.feat_channels
         self.conv_loc = nn.Conv2d(c, 1, 1)
         self.conv_shape = nn.Conv2d(c, 2, 1)
-        self.feature_adaption = FeatureAdaption(c, f, 3, self.anchoring.deform_groups)
+        self.feature_adaption = (FeatureAdaption(c, f, 3, self.anchoring.deform_groups)
+                                 if self.adapt_features else None)
         self.conv_cls = nn.Conv2d(f, self.num_classes, 1)
         self.conv_reg = nn.Conv2d(f, 4, 1)
 
@@ -276,13 +286,15 @@ class GuidedAnchorHead(nn.Module):
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
         nn.init.constant_(self.conv_loc.bias, _PRIOR_BIAS)
-        self.feature_adaption.reset_parameters()
+        if self.feature_adaption is not None:
+            self.feature_adaption.reset_parameters()
 
     def _forward_level(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(cls, box, shape, loc) maps of one level; cls / box only at kept locations in eval."""
         loc = self.conv_loc(x)
         shape = self.conv_shape(x)
-        x = self.feature_adaption(x, shape)
+        if self.feature_adaption is not None:
+            x = self.feature_adaption(x, shape)
         mask = self._kept(loc)
         return _conv(self.conv_cls, x, mask), _conv(self.conv_reg, x, mask), shape, loc
 
@@ -521,6 +533,8 @@ class GARPNHead(GuidedAnchorHead):
         train_proposals: proposals fed to an R-CNN in training.
         test_proposals: proposals at inference.
         loss_weights: multiplier per key of :attr:`LOSS_KEYS`.
+        feature_adaption: ``False``: the "GA-RPN w/o F.A." ablation (see
+            :class:`GuidedAnchorHead`).
     """
 
     LOSS_KEYS = ("loss_rpn_cls", "loss_rpn_box", "loss_anchor_shape", "loss_anchor_loc")
@@ -534,11 +548,13 @@ class GARPNHead(GuidedAnchorHead):
         train_proposals: GAProposalConfig = GAProposalConfig(),
         test_proposals: GAProposalConfig = GAProposalConfig(),
         loss_weights: Mapping[str, float] | None = None,
+        feature_adaption: bool = True,
     ) -> None:
         self.train_proposals = train_proposals
         self.test_proposals = test_proposals
         super().__init__(1, in_channels, in_channels, anchoring=anchoring, train_cfg=train_cfg,
-                         cls_loss="sigmoid", box_loss_beta=1.0, loss_weights=loss_weights)
+                         cls_loss="sigmoid", box_loss_beta=1.0, loss_weights=loss_weights,
+                         feature_adaption=feature_adaption)
 
     def _build_layers(self) -> None:
         self.rpn_conv = nn.Conv2d(self.in_channels, self.in_channels, 3, padding=1)
