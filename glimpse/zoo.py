@@ -44,6 +44,7 @@ from glimpse.backbones.resnet import (
     resnext50_32x4d,
     resnext101_32x4d,
 )
+from glimpse.detectors.guided_anchoring import GA_RCNN
 from glimpse.detectors.two_stage import CASCADE_RPN, RCNNConfig, RPNConfig
 from glimpse.heads.roi_box import RCNNTrainConfig
 from glimpse.heads.rpn import ProposalConfig
@@ -207,6 +208,10 @@ DETECTORS.update({family: _lazy_builder("glimpse.detectors.guided_anchoring", fa
                   for family in _GA_FAMILIES})
 _FAMILY_BASE_LR["ga_retinanet"] = 0.01
 _SLIM_FAMILY_DEFAULTS["ga_retinanet"] = {"tower_init": "kaiming"}
+# the slim R-CNN recipe (128 RoIs, 256-wide FCs) on GA's R-CNN settings (IoU 0.6, stds 0.05/0.1)
+_SLIM_FAMILY_DEFAULTS.update({family: {"fc_channels": 256, "rcnn_cfg": replace(
+    GA_RCNN, train=replace(GA_RCNN.train, num_samples=128))}
+    for family in ("ga_faster_rcnn", "ga_fast_rcnn")})
 MODELS.update({f"{family}_{backbone}_fpn": _spec(family, backbone)
                for family in _GA_FAMILIES for backbone in RESNET_BACKBONES})
 

@@ -201,23 +201,12 @@ def load_data(cfg: GAConfig) -> tuple[Any, Any]:
 
 
 def _model_kwargs(cfg: GAConfig, name: str, image_scale: tuple[int, int]) -> dict[str, Any]:
-    """Builder keywords of one variant. Slim two-stage models use the codebase's slim recipe
-    (256-wide FC, 300 training proposals, 128 sampled RoIs); GA-Faster keeps its own R-CNN
-    settings (IoU 0.6, stds 0.05/0.1) with the same 128 RoIs."""
+    """Builder keywords of one variant. The slim zoo rows carry the slim R-CNN recipe (256-wide
+    FCs, 128 sampled RoIs; Faster R-CNN also 300 training proposals); GA-Faster keeps its own
+    R-CNN settings (IoU 0.6, stds 0.05/0.1) with the same 128 RoIs (see ``glimpse.zoo``)."""
     kwargs: dict[str, Any] = {"image_scale": tuple(image_scale)}
     if name == "GA-RPN w/o F.A.":
         kwargs["feature_adaption"] = False
-    if cfg.backbone != "slim":
-        return kwargs
-    if name == "Faster R-CNN":
-        from glimpse.papers.codebase import _slim_two_stage
-
-        kwargs.update(_slim_two_stage("faster_rcnn"))
-    elif name == "GA-Faster R-CNN":
-        from glimpse.detectors.guided_anchoring import GA_RCNN
-
-        train = dataclasses.replace(GA_RCNN.train, num_samples=128)
-        kwargs.update(fc_channels=256, rcnn_cfg=dataclasses.replace(GA_RCNN, train=train))
     return kwargs
 
 

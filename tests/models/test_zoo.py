@@ -11,7 +11,7 @@ from torch import nn
 
 from glimpse import zoo
 from glimpse.detectors.two_stage import CASCADE_RPN, RCNNConfig, RPNConfig
-from glimpse.heads.roi_box import RCNNTrainConfig
+from glimpse.heads.roi_box import RCNNTestConfig, RCNNTrainConfig
 from glimpse.heads.rpn import ProposalConfig
 
 # mmdetection 3.3.0 parameter counts (../shared/tools/mmdet-oracle/README.md: all
@@ -137,6 +137,10 @@ _SLIM_FAST = {'fpn_channels': 64, 'fc_channels': 256,
 _PROPOSALS_300 = ProposalConfig(nms_pre=1000, max_per_image=300)
 _SLIM_RCNN = {**_SLIM_FAST, 'rpn_cfg': RPNConfig(train_proposals=_PROPOSALS_300)}
 _SLIM_CASCADE = {**_SLIM_FAST, 'rpn_cfg': replace(CASCADE_RPN, train_proposals=_PROPOSALS_300)}
+# GA's R-CNN (IoU 0.6, score threshold 1e-3) with the slim recipe's 128 RoIs and 256-wide FCs
+_SLIM_GA_RCNN = {'fpn_channels': 64, 'fc_channels': 256, 'rcnn_cfg': RCNNConfig(
+    train=RCNNTrainConfig(pos_iou_thr=0.6, neg_iou_thr=0.6, min_pos_iou=0.6, num_samples=128),
+    test=RCNNTestConfig(score_thr=1e-3))}
 ZOO_TABLE = {
     'cascade_mask_rcnn_r101_fpn': ('cascade_mask_rcnn', 'r101', {}, 0.02),
     'cascade_mask_rcnn_r50_fpn': ('cascade_mask_rcnn', 'r50', {}, 0.02),
@@ -166,12 +170,12 @@ ZOO_TABLE = {
     'faster_rcnn_x50_32x4d_fpn': ('faster_rcnn', 'x50_32x4d', {}, 0.02),
     'ga_fast_rcnn_r101_fpn': ('ga_fast_rcnn', 'r101', {}, 0.02),
     'ga_fast_rcnn_r50_fpn': ('ga_fast_rcnn', 'r50', {}, 0.02),
-    'ga_fast_rcnn_slim_fpn': ('ga_fast_rcnn', 'slim', {'fpn_channels': 64}, 0.02),
+    'ga_fast_rcnn_slim_fpn': ('ga_fast_rcnn', 'slim', _SLIM_GA_RCNN, 0.02),
     'ga_fast_rcnn_x101_32x4d_fpn': ('ga_fast_rcnn', 'x101_32x4d', {}, 0.02),
     'ga_fast_rcnn_x50_32x4d_fpn': ('ga_fast_rcnn', 'x50_32x4d', {}, 0.02),
     'ga_faster_rcnn_r101_fpn': ('ga_faster_rcnn', 'r101', {}, 0.02),
     'ga_faster_rcnn_r50_fpn': ('ga_faster_rcnn', 'r50', {}, 0.02),
-    'ga_faster_rcnn_slim_fpn': ('ga_faster_rcnn', 'slim', {'fpn_channels': 64}, 0.02),
+    'ga_faster_rcnn_slim_fpn': ('ga_faster_rcnn', 'slim', _SLIM_GA_RCNN, 0.02),
     'ga_faster_rcnn_x101_32x4d_fpn': ('ga_faster_rcnn', 'x101_32x4d', {}, 0.02),
     'ga_faster_rcnn_x50_32x4d_fpn': ('ga_faster_rcnn', 'x50_32x4d', {}, 0.02),
     'ga_retinanet_r101_fpn': ('ga_retinanet', 'r101', {}, 0.01),

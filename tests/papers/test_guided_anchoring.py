@@ -128,8 +128,12 @@ def test_variants_share_the_schedule():
     assert {v.train.max_iters for v in vs.values()} == {cfg.max_iters}
     assert vs["GA-RPN w/o F.A."].model_kwargs["feature_adaption"] is False
     assert vs["RetinaNet"].train.lr == 0.01 and vs["GA-Faster R-CNN"].train.lr == 0.02
-    rcnn = vs["GA-Faster R-CNN"].model_kwargs["rcnn_cfg"]
-    assert (rcnn.train.num_samples, rcnn.train.pos_iou_thr) == (128, 0.6)
+    # both R-CNNs take the zoo's slim recipe: 128 sampled RoIs, 256-wide FCs (GA at IoU 0.6)
+    for name, iou in (("Faster R-CNN", 0.5), ("GA-Faster R-CNN", 0.6)):
+        spec = zoo.MODELS[vs[name].model]
+        rcnn = spec.defaults["rcnn_cfg"]
+        assert (rcnn.train.num_samples, rcnn.train.pos_iou_thr) == (128, iou)
+        assert spec.defaults["fc_channels"] == 256
 
 
 def test_claim_table_by_hand():
