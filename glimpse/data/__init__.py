@@ -1,6 +1,8 @@
-"""Datasets (COCO format through pycocotools, synthetic shapes), collation and transforms."""
+"""Datasets (COCO format through pycocotools, synthetic shapes, ADE20K and other semantic
+segmentation folders), collation and transforms."""
 
-from glimpse.data.build import DATASET_NAMES, build_dataset
+from glimpse.data.ade20k import SegmentationFolder, ade20k
+from glimpse.data.build import DATASET_NAMES, SEGMENTATION_DATASET_NAMES, build_dataset
 from glimpse.data.coco import CocoDetection, DatasetError, collate
 from glimpse.data.synthetic import SEMANTIC_CLASSES, THING_CLASSES, ensure_synthetic, generate
 
@@ -10,6 +12,9 @@ __all__ = [
     "collate",
     "build_dataset",
     "DATASET_NAMES",
+    "SEGMENTATION_DATASET_NAMES",
+    "SegmentationFolder",
+    "ade20k",
     "generate",
     "ensure_synthetic",
     "THING_CLASSES",
