@@ -366,8 +366,8 @@ def _add_data(sub) -> None:
     c = tools.add_parser(
         "check", help="validate a COCO detection set or a semantic segmentation folder pair",
         description="Report every problem of a COCO set (--ann) or of images and label maps "
-                    "(--labels): each kind with its count and a few examples. Exit status 0: clean; 1: problems; 2: the annotation file "
-                    "itself cannot be read.")
+                    "(--labels): each kind with its count and a few examples. Exit status "
+                    "0: clean; 1: problems; 2: the annotation file or a folder cannot be read.")
     c.add_argument("--image-dir", required=True, type=Path, help="folder of the images")
     what = c.add_mutually_exclusive_group(required=True)
     what.add_argument("--ann", type=Path, help="COCO instances JSON")

@@ -211,6 +211,8 @@ def ade20k(root: str | os.PathLike, split: str = "val", *,
                            f"ADEChallengeData2016 with images/ and annotations/)")
     sub = ADE20K_SPLITS[split]
     nested = (root / "images" / sub).is_dir()
+    if not nested and any((root / "images" / d).is_dir() for d in ADE20K_SPLITS.values()):
+        raise DatasetError(f"{root / 'images' / sub}: image folder of split {split!r} not found")
     image_dir = root / "images" / sub if nested else root / "images"
     label_dir = root / "annotations" / sub if nested else root / "annotations"
     table = root / "objectInfo150.csv"

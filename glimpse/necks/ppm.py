@@ -12,7 +12,8 @@ The input map ``x`` [B, C_in, H, W] is average-pooled to ``b x b`` for every bin
   mmsegmentation's PSPHead; the upsampler sees ``channels``).
 
 The resize is the injectable upsampler (one module per bin; default bilinear,
-``align_corners=False``): the CARAFE paper's "PPM" position.
+``align_corners=False``): the CARAFE paper's "PPM" position. With ``"conv_first"`` the bin-1
+branch normalises a 1x1 map, so training needs batches of at least 2 images (as in mmseg).
 """
 
 from __future__ import annotations

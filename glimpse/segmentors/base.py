@@ -67,10 +67,10 @@ class EncoderDecoder(nn.Module):
             raise ValueError("a segmentor in train mode needs targets with 'sem_seg' (call "
                              "model.eval() to predict)")
         batch, sizes = pad_batch([normalize(im) for im in images], self.size_divisor)
+        labels = self._labels(targets, sizes, batch) if self.training else None
         feats = self.backbone(batch)
         logits = self._full_size(self.decode_head(feats), batch)
-        if self.training:
-            labels = self._labels(targets, sizes, batch)
+        if labels is not None:
             losses = {"loss_seg": F.cross_entropy(logits, labels,
                                                   ignore_index=self.ignore_index)}
             if self.aux_head is not None:
