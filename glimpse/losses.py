@@ -31,6 +31,9 @@ __all__ = [
     "sigmoid_focal_loss",
     "mask_cross_entropy",
     "accuracy",
+    "masked_l1_loss",
+    "masked_tv_loss",
+    "gram_matrix",
 ]
 
 Reduction = Literal["mean", "sum", "none"]
@@ -207,3 +210,36 @@ def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     if labels.numel() == 0:
         return logits.new_zeros(())
     return (logits.argmax(dim=1) == labels).float().mean() * 100.0
+
+
+# ---------------------------------------------------------------- inpainting (mmediting semantics)
+
+
+def masked_l1_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """L1 averaged over the pixels where ``mask`` is 1 (mmediting ``L1Loss`` with a weight):
+    ``sum(|pred - target| * mask) / (sum of mask over the broadcast shape)``.
+
+    Shapes: pred, target [B, C, H, W]; mask [B, 1 or C, H, W] in {0, 1}. Zero when the mask is
+    empty.
+    """
+    weight = mask.to(pred.dtype).expand_as(pred)
+    return ((pred - target).abs() * weight).sum() / (weight.sum() + 1e-12)
+
+
+def masked_tv_loss(image: Tensor, mask: Tensor) -> Tensor:
+    """Total variation inside ``mask`` (mmediting ``MaskedTVLoss``): mean L1 of vertical and
+    horizontal neighbour differences where the first pixel of the pair is masked.
+
+    Shapes: image [B, C, H, W]; mask [B, 1, H, W].
+    """
+    dy = masked_l1_loss(image[..., :-1, :], image[..., 1:, :], mask[..., :-1, :])
+    dx = masked_l1_loss(image[..., :, :-1], image[..., :, 1:], mask[..., :, :-1])
+    return dx + dy
+
+
+def gram_matrix(features: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B, C, C] Gram matrices normalised by ``C * H * W`` (the style loss of
+    Gatys et al. as Partial Conv uses it)."""
+    b, c, h, w = features.shape
+    f = features.reshape(b, c, h * w)
+    return f @ f.transpose(1, 2) / (c * h * w)

@@ -1,6 +1,8 @@
-"""Layers: nn.Modules on top of the ops (CARAFE and the upsamplers of its Table 2)."""
+"""Layers: nn.Modules on top of the ops (CARAFE and the upsamplers of its Table 2, partial
+convolution)."""
 
 from glimpse.layers.carafe import CARAFE
+from glimpse.layers.partial_conv import PartialConv2d
 from glimpse.layers.upsamplers import (
     PAPER_FLOPS,
     UPSAMPLER_LABELS,
@@ -24,6 +26,7 @@ __all__ = [
     "Interpolate",
     "InterpolateConv",
     "PAPER_FLOPS",
+    "PartialConv2d",
     "PixelShuffleUpsample",
     "SpatialAttentionUpsample",
     "TransposedConvUpsample",
