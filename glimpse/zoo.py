@@ -51,6 +51,7 @@ __all__ = [
     "CARAFE_DETECTORS",
     "CLASSIFIERS",
     "DETECTORS",
+    "INPAINTERS",
     "MODELS",
     "ModelSpec",
     "RESNET_BACKBONES",
@@ -58,6 +59,7 @@ __all__ = [
     "base_lr",
     "build",
     "build_backbone",
+    "inpainter_names",
     "describe",
     "methods",
     "names",
@@ -212,6 +214,24 @@ def segmentor_names() -> list[str]:
     return sorted(SEGMENTORS)
 
 
+# Inpainting models (CARAFE paper Table 7), name -> builder ``f(**kwargs)``; ``*_carafe``
+# replaces the decoder's upsampling (G&L: both transposed convs; Partial Conv: every nearest x2).
+def _inpainter(fn_name: str, **defaults: Any) -> Callable[..., nn.Module]:
+    return functools.partial(_lazy_builder("glimpse.inpainting", fn_name), **defaults)
+
+
+INPAINTERS: dict[str, Callable[..., nn.Module]] = {
+    name + suffix: _inpainter(name, **({"upsampler": "carafe"} if suffix else {}))
+    for name in ("global_local", "global_local_slim", "pconv", "pconv_slim")
+    for suffix in ("", "_carafe")
+}
+
+
+def inpainter_names() -> list[str]:
+    """Names of the inpainting models of :data:`INPAINTERS`, sorted."""
+    return sorted(INPAINTERS)
+
+
 def names() -> list[str]:
     """All model names (detectors and classifiers), sorted."""
     return sorted([*MODELS, *CLASSIFIERS])
@@ -261,8 +281,9 @@ def build(
     """Build zoo model ``name``.
 
     Args:
-        name: a key of :data:`MODELS` (see :func:`names`), :data:`CLASSIFIERS` or
-            :data:`SEGMENTORS` (see :func:`segmentor_names`).
+        name: a key of :data:`MODELS` (see :func:`names`), :data:`CLASSIFIERS`,
+            :data:`SEGMENTORS` (see :func:`segmentor_names`) or :data:`INPAINTERS` (see
+            :func:`inpainter_names`; these take no ``num_classes``).
         num_classes: K foreground classes; None means 80 (COCO) for detectors, 1000
             (ImageNet) for the classifiers of :data:`CLASSIFIERS` and 150 (ADE20K) for the
             segmentors.
@@ -275,6 +296,11 @@ def build(
     """
     if name in CLASSIFIERS:
         return CLASSIFIERS[name](1000 if num_classes is None else num_classes, **kwargs)
+    if name in INPAINTERS:
+        if num_classes is not None or backbone_kwargs:
+            raise ValueError(f"inpainting model {name!r} takes no num_classes or "
+                             f"backbone_kwargs")
+        return INPAINTERS[name](**kwargs)
     if name in SEGMENTORS:  # ADE20K's 150 classes by default
         bb_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in BACKBONE_KWARGS}
         return SEGMENTORS[name](150 if num_classes is None else num_classes,

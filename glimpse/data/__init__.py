@@ -1,9 +1,15 @@
 """Datasets (COCO format through pycocotools, synthetic shapes, ADE20K and other semantic
-segmentation folders), collation and transforms."""
+segmentation folders, inpainting images with seeded masks), collation and transforms."""
 
 from glimpse.data.ade20k import SegmentationFolder, ade20k
-from glimpse.data.build import DATASET_NAMES, SEGMENTATION_DATASET_NAMES, build_dataset
+from glimpse.data.build import (
+    DATASET_NAMES,
+    INPAINTING_DATASET_NAMES,
+    SEGMENTATION_DATASET_NAMES,
+    build_dataset,
+)
 from glimpse.data.coco import CocoDetection, DatasetError, collate
+from glimpse.data.places import InpaintingImages
 from glimpse.data.synthetic import SEMANTIC_CLASSES, THING_CLASSES, ensure_synthetic, generate
 
 __all__ = [
@@ -12,6 +18,8 @@ __all__ = [
     "collate",
     "build_dataset",
     "DATASET_NAMES",
+    "INPAINTING_DATASET_NAMES",
+    "InpaintingImages",
     "SEGMENTATION_DATASET_NAMES",
     "SegmentationFolder",
     "ade20k",
