@@ -28,7 +28,8 @@ synthetic-smoke-seg   the synthetic-smoke scenes' semantic maps: 10 classes (bac
                       shapes, 3 stuff), 128 px
 synthetic-cpu-seg     the same at 256 px (synthetic-cpu)
 ade20k                ADEChallengeData2016 under ``data_root`` (default data/ade20k/
-                      ADEChallengeData2016): 150 classes, 0 ignored
+                      ADEChallengeData2016): 150 classes, 0 ignored; training also resizes
+                      to a random short side in 300..600, long side <= 1000 (CSAIL)
 ade20k-sample         the 3 validation images of ``../shared/data/ade20k-sample`` (both splits)
 ====================  =========================================================================
 
@@ -54,7 +55,7 @@ from glimpse.data.ade20k import SegmentationFolder, ade20k
 from glimpse.data.coco import CocoDetection, DatasetError, load_coco_json
 from glimpse.data.places import PLACES365_SPLITS, InpaintingImages
 from glimpse.data.synthetic import PROFILES, SEMANTIC_CLASSES, ensure_synthetic
-from glimpse.data.transforms import RandomHorizontalFlip
+from glimpse.data.transforms import Compose, RandomHorizontalFlip, RandomShortSideResize
 
 __all__ = ["DATASET_NAMES", "COCO128_NUM_VAL", "INPAINTING_DATASET_NAMES",
            "SEGMENTATION_DATASET_NAMES", "build_dataset", "coco128_split", "repo_root"]
@@ -153,19 +154,21 @@ def build_dataset(name: str, *, split: str = "train", data_root: str | os.PathLi
 
 def _segmentation_dataset(name: str, split: str, data_root: str | os.PathLike | None,
                           train: bool) -> SegmentationFolder:
-    flip = RandomHorizontalFlip(0.5) if train else None
+    transforms = RandomHorizontalFlip(0.5) if train else None
+    if train and name == "ade20k":  # CSAIL UperNet recipe (the paper's Table 5)
+        transforms = Compose([RandomShortSideResize(), RandomHorizontalFlip(0.5)])
     if name.startswith("synthetic"):
         profile = name.removesuffix("-seg")
         paths = ensure_synthetic(profile, split, root=data_root)
         ds = SegmentationFolder(paths.image_dir, paths.sem_seg_dir,
                                 num_classes=len(SEMANTIC_CLASSES), classes=SEMANTIC_CLASSES,
-                                transforms=flip)
+                                transforms=transforms)
         scale = _IMAGE_SCALES[profile]
     else:
         default = (repo_root() / "data" / "ade20k" / "ADEChallengeData2016" if name == "ade20k"
                    else repo_root().parent / "shared" / "data" / "ade20k-sample")
         root = _require(Path(data_root) if data_root else default, "root folder", name)
-        ds = ade20k(root, split, transforms=flip)
+        ds = ade20k(root, split, transforms=transforms)
         scale = (2048, 512)  # mmseg's ADE20K test scale (long side 2048, short side 512)
     ds.name, ds.split, ds.default_image_scale = name, split, scale
     return ds

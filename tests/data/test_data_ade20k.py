@@ -132,3 +132,24 @@ def test_synthetic_segmentation_set(tmp_path):
     assert image.shape == (3, 128, 128) and target["sem_seg"].max() < 10
     with pytest.raises(ValueError, match="unknown dataset 'ade21k'.*ade20k-sample"):
         build_dataset("ade21k")
+
+
+def test_random_short_side_resize_is_the_csail_recipe():
+    import random
+
+    import torch
+
+    from glimpse.data.transforms import RandomShortSideResize
+
+    random.seed(0)
+    t = RandomShortSideResize()
+    seg = torch.zeros(200, 800, dtype=torch.long)
+    seg[:, 400:] = 7
+    for _ in range(10):
+        image, target = t(torch.rand(3, 200, 800), {"sem_seg": seg})
+        h, w = image.shape[-2:]
+        assert w <= 1000 and (min(h, w) in (300, 375, 450, 525, 600) or w == 1000)
+        assert target["sem_seg"].shape == (h, w)
+        assert set(target["sem_seg"].unique().tolist()) == {0, 7}  # nearest: no new labels
+    with pytest.raises(ValueError, match="must be positive"):
+        RandomShortSideResize(short_sides=())
