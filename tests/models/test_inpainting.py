@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from glimpse import zoo
-from glimpse.inpainting import GLGenerator, PConvUNet, local_crops
+from glimpse.inpainting import GLGenerator, PConvUNet, from_unit, local_crops, to_unit
 from glimpse.layers import CARAFE, PartialConv2d
 from glimpse.losses import gram_matrix, masked_l1_loss, masked_tv_loss
 
@@ -170,3 +170,31 @@ def test_inpainting_bad_input_is_named():
         PConvUNet(loss_weights={"perceptal": 1.0})
     with pytest.raises(ValueError, match="takes no num_classes"):
         zoo.build("pconv_slim", num_classes=3)
+
+
+def test_pconv_perceptual_and_style_terms_with_a_feature_network(tmp_path):
+    from glimpse.inpainting import VGG16Features
+
+    with pytest.raises(FileNotFoundError, match="VGG-16 weights not found"):
+        VGG16Features(tmp_path / "vgg16.pth")
+
+    class TwoMaps(nn.Module):  # stands in for VGG-16 (no weights on this machine)
+        def forward(self, x):
+            return [x, nn.functional.avg_pool2d(x, 2)]
+
+    torch.manual_seed(0)
+    model = PConvUNet(base_width=8, depth=3, vgg=TwoMaps()).train()
+    images, masks = torch.rand(2, 3, 16, 16), torch.zeros(2, 1, 16, 16)
+    masks[..., 4:12, 4:12] = 1
+    losses = model(images, masks)
+    assert {"loss_perceptual", "loss_style"} <= set(losses)
+    with torch.no_grad():  # train-mode BN again: the same output as inside the forward
+        output = to_unit(model.network(from_unit(images) * (1 - masks), masks))
+    completed = output * masks + images * (1 - masks)
+    feats = TwoMaps()
+    perceptual = sum(nn.functional.l1_loss(p, t) for pred in (output, completed)
+                     for p, t in zip(feats(pred), feats(images)))
+    style = sum(nn.functional.l1_loss(gram_matrix(p), gram_matrix(t))
+                for pred in (output, completed) for p, t in zip(feats(pred), feats(images)))
+    assert losses["loss_perceptual"].item() == pytest.approx(0.05 * perceptual.item(), rel=1e-5)
+    assert losses["loss_style"].item() == pytest.approx(120 * style.item(), rel=1e-5)
