@@ -408,12 +408,19 @@ def _add_data(sub) -> None:
                        description="Dataset tools.")
     tools = p.add_subparsers(dest="tool", metavar="{check}", required=True)
     c = tools.add_parser(
-        "check", help="validate a COCO-format detection data set",
-        description="Report every problem of a COCO set: each kind with its count and a few "
-                    "examples. Exit status 0: clean; 1: problems; 2: the annotation file "
-                    "itself cannot be read.")
+        "check", help="validate a COCO detection set or a semantic segmentation folder pair",
+        description="Report every problem of a COCO set (--ann) or of images and label maps "
+                    "(--labels): each kind with its count and a few examples. Exit status "
+                    "0: clean; 1: problems; 2: the annotation file or a folder cannot be read.")
     c.add_argument("--image-dir", required=True, type=Path, help="folder of the images")
-    c.add_argument("--ann", required=True, type=Path, help="COCO instances JSON")
+    what = c.add_mutually_exclusive_group(required=True)
+    what.add_argument("--ann", type=Path, help="COCO instances JSON")
+    what.add_argument("--labels", type=Path,
+                      help="folder of semantic label maps <stem>.png (segmentation sets)")
+    c.add_argument("--num-classes", type=int, default=150,
+                   help="with --labels: number of classes (150: ADE20K)")
+    c.add_argument("--reduce-zero-label", action="store_true",
+                   help="with --labels: value 0 is 'ignore' and 1..K the classes (ADE20K)")
     c.add_argument("--fast", action="store_true",
                    help="read only image headers (does not find truncated images)")
     c.add_argument("--max-examples", type=int, default=5,
@@ -429,11 +436,18 @@ def _add_data(sub) -> None:
 
 def _data_check(args: argparse.Namespace) -> int:
     from glimpse.data import DatasetError
-    from glimpse.data.check import check_coco
+    from glimpse.data.check import check_coco, check_segmentation
 
     try:
-        report = check_coco(args.image_dir, args.ann, decode=not args.fast,
-                            sem_seg_dir=args.sem_seg_dir, sem_seg_classes=args.sem_seg_classes)
+        if args.labels is not None:
+            report = check_segmentation(args.image_dir, args.labels,
+                                        num_classes=args.num_classes,
+                                        reduce_zero_label=args.reduce_zero_label,
+                                        decode=not args.fast)
+        else:
+            report = check_coco(args.image_dir, args.ann, decode=not args.fast,
+                                sem_seg_dir=args.sem_seg_dir,
+                                sem_seg_classes=args.sem_seg_classes)
     except DatasetError as e:
         raise CommandError(str(e), status=2) from None
     print(report.format(args.max_examples))

@@ -32,6 +32,9 @@ __all__ = [
     "mask_cross_entropy",
     "accuracy",
     "bounded_iou_loss",
+    "masked_l1_loss",
+    "masked_tv_loss",
+    "gram_matrix",
 ]
 
 Reduction = Literal["mean", "sum", "none"]
@@ -262,3 +265,36 @@ def bounded_iou_loss(
     loss = torch.stack((loss_dx, loss_dy, loss_dw, loss_dh), dim=-1)  # [N, 4]
     loss = torch.where(loss < beta, 0.5 * loss * loss / beta, loss - 0.5 * beta)
     return weight_reduce(loss, weight, reduction, avg_factor)
+
+
+# ---------------------------------------------------------------- inpainting (mmediting semantics)
+
+
+def masked_l1_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """L1 averaged over the pixels where ``mask`` is 1 (mmediting ``L1Loss`` with a weight):
+    ``sum(|pred - target| * mask) / (sum of mask over the broadcast shape)``.
+
+    Shapes: pred, target [B, C, H, W]; mask [B, 1 or C, H, W] in {0, 1}. Zero when the mask is
+    empty.
+    """
+    weight = mask.to(pred.dtype).expand_as(pred)
+    return ((pred - target).abs() * weight).sum() / (weight.sum() + 1e-12)
+
+
+def masked_tv_loss(image: Tensor, mask: Tensor) -> Tensor:
+    """Total variation inside ``mask`` (mmediting ``MaskedTVLoss``): mean L1 of vertical and
+    horizontal neighbour differences where the first pixel of the pair is masked.
+
+    Shapes: image [B, C, H, W]; mask [B, 1, H, W].
+    """
+    dy = masked_l1_loss(image[..., :-1, :], image[..., 1:, :], mask[..., :-1, :])
+    dx = masked_l1_loss(image[..., :, :-1], image[..., :, 1:], mask[..., :, :-1])
+    return dx + dy
+
+
+def gram_matrix(features: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B, C, C] Gram matrices normalised by ``C * H * W`` (the style loss of
+    Gatys et al. as Partial Conv uses it)."""
+    b, c, h, w = features.shape
+    f = features.reshape(b, c, h * w)
+    return f @ f.transpose(1, 2) / (c * h * w)

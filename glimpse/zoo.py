@@ -24,6 +24,7 @@ which go to the backbone; ``backbone_kwargs={...}`` passes any other backbone op
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -55,15 +56,19 @@ __all__ = [
     "CARAFE_DETECTORS",
     "CLASSIFIERS",
     "DETECTORS",
+    "INPAINTERS",
     "MODELS",
     "ModelSpec",
     "RESNET_BACKBONES",
+    "SEGMENTORS",
     "base_lr",
     "build",
     "build_backbone",
+    "inpainter_names",
     "describe",
     "methods",
     "names",
+    "segmentor_names",
 ]
 
 
@@ -226,6 +231,52 @@ CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
                           ("resnet152_cls", "resnet152_classifier"))
 }
 
+# CARAFE paper, part 2 (issue 12): semantic segmentors, name -> builder
+# ``f(num_classes=150, *, backbone_kwargs=None, **kwargs)``. Kept out of :data:`MODELS` (whose
+# rows are detector family x backbone) and listed by :func:`segmentor_names`. ``*_carafe``
+# puts CARAFE at every position the paper ablates (FPN top-down, PPM, fuse); the keywords
+# ``fpn_upsampler`` / ``ppm_upsampler`` / ``fuse_upsampler`` choose any other mix.
+_ALL_CARAFE = {"fpn_upsampler": "carafe", "ppm_upsampler": "carafe", "fuse_upsampler": "carafe"}
+
+
+def _segmentor(fn_name: str, **defaults: Any) -> Callable[..., nn.Module]:
+    return functools.partial(_lazy_builder("glimpse.segmentors", fn_name), **defaults)
+
+
+SEGMENTORS: dict[str, Callable[..., nn.Module]] = {
+    "upernet_r50": _segmentor("upernet_r50"),
+    "upernet_r50_carafe": _segmentor("upernet_r50", **_ALL_CARAFE),
+    "upernet_slim": _segmentor("upernet_slim"),
+    "upernet_slim_carafe": _segmentor("upernet_slim", **_ALL_CARAFE),
+    "pspnet_r50_d8": _segmentor("pspnet_r50"),
+    "pspnet_r50_d8_carafe": _segmentor("pspnet_r50", ppm_upsampler="carafe"),
+    "pspnet_slim_d8": _segmentor("pspnet_slim"),
+    "pspnet_slim_d8_carafe": _segmentor("pspnet_slim", ppm_upsampler="carafe"),
+}
+
+
+def segmentor_names() -> list[str]:
+    """Names of the semantic segmentors of :data:`SEGMENTORS`, sorted."""
+    return sorted(SEGMENTORS)
+
+
+# Inpainting models (CARAFE paper Table 7), name -> builder ``f(**kwargs)``; ``*_carafe``
+# replaces the decoder's upsampling (G&L: both transposed convs; Partial Conv: every nearest x2).
+def _inpainter(fn_name: str, **defaults: Any) -> Callable[..., nn.Module]:
+    return functools.partial(_lazy_builder("glimpse.inpainting", fn_name), **defaults)
+
+
+INPAINTERS: dict[str, Callable[..., nn.Module]] = {
+    name + suffix: _inpainter(name, **({"upsampler": "carafe"} if suffix else {}))
+    for name in ("global_local", "global_local_slim", "pconv", "pconv_slim")
+    for suffix in ("", "_carafe")
+}
+
+
+def inpainter_names() -> list[str]:
+    """Names of the inpainting models of :data:`INPAINTERS`, sorted."""
+    return sorted(INPAINTERS)
+
 
 def names() -> list[str]:
     """All model names (detectors and classifiers), sorted."""
@@ -276,9 +327,12 @@ def build(
     """Build zoo model ``name``.
 
     Args:
-        name: a key of :data:`MODELS` (see :func:`names`).
-        num_classes: K foreground classes; None means 80 (COCO) for detectors and 1000
-            (ImageNet) for the classifiers of :data:`CLASSIFIERS`.
+        name: a key of :data:`MODELS` (see :func:`names`), :data:`CLASSIFIERS`,
+            :data:`SEGMENTORS` (see :func:`segmentor_names`) or :data:`INPAINTERS` (see
+            :func:`inpainter_names`; these take no ``num_classes``).
+        num_classes: K foreground classes; None means 80 (COCO) for detectors, 1000
+            (ImageNet) for the classifiers of :data:`CLASSIFIERS` and 150 (ADE20K) for the
+            segmentors.
         backbone_kwargs: extra keyword arguments of the backbone function.
         **kwargs: detector builder keywords (``image_scale``, ``fpn_channels``, ...); those in
             :data:`BACKBONE_KWARGS` (``pretrained``, ``frozen_stages``, ...) go to the backbone.
@@ -288,6 +342,16 @@ def build(
     """
     if name in CLASSIFIERS:
         return CLASSIFIERS[name](1000 if num_classes is None else num_classes, **kwargs)
+    if name in INPAINTERS:
+        if num_classes is not None or backbone_kwargs:
+            raise ValueError(f"inpainting model {name!r} takes no num_classes or "
+                             f"backbone_kwargs")
+        return INPAINTERS[name](**kwargs)
+    if name in SEGMENTORS:  # ADE20K's 150 classes by default
+        bb_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in BACKBONE_KWARGS}
+        return SEGMENTORS[name](150 if num_classes is None else num_classes,
+                                backbone_kwargs={**bb_kwargs, **(backbone_kwargs or {})},
+                                **kwargs)
     num_classes = 80 if num_classes is None else num_classes
     spec = _spec_of(name)
     bb_kwargs = {**spec.backbone_defaults, **{k: kwargs.pop(k) for k in list(kwargs)

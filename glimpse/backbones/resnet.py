@@ -14,12 +14,18 @@ Detection-specific behaviour follows mmdet's ``ResNet``:
 * ``norm="bn"`` with ``norm_eval=True`` (mmdet default) keeps BN statistics fixed in training
   while the affine parameters still train; ``norm="frozen_bn"`` uses torchvision's
   ``FrozenBatchNorm2d`` (buffers only, so it is absent from ``parameters()``);
-  ``norm="gn"`` uses GroupNorm with 32 groups (mmdet GN configs).
+  ``norm="gn"`` uses GroupNorm with 32 groups (mmdet GN configs);
+* ``strides`` / ``dilations`` per stage make the dilated ResNets of semantic segmentation
+  (PSPNet / mmseg ``-d8``: strides (1, 2, 1, 1), dilations (1, 1, 2, 4), output stride 8). As
+  CSAIL's ``_nostride_dilate`` and mmseg's ``contract_dilation``, the first block of a dilated
+  stage uses half the stage's dilation; parameter counts do not change.
 
 The forward returns the C2..C5 maps of the backbone contract::
 
     {"c2": [B, e*w, H/4, W/4], "c3": [B, 2e*w, H/8, W/8],
      "c4": [B, 4e*w, H/16, W/16], "c5": [B, 8e*w, H/32, W/32]}
+
+(with the default strides; ``out_strides`` holds each map's actual stride)
 
 with ``w`` the base width (64) and ``e`` the block expansion (4 for bottlenecks), i.e.
 256/512/1024/2048 channels for ResNet-50; sizes are rounded up (``ceil``) at each stride-2 step.
@@ -27,6 +33,7 @@ with ``w`` the base width (64) and ``e`` the block expansion (4 for bottlenecks)
 
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -79,13 +86,16 @@ class BasicBlock(nn.Module):
         width_per_group: int = 64,
         style: Style = "pytorch",
         norm: Norm = "bn",
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         if groups != 1 or width_per_group != 64:
             raise ValueError("BasicBlock supports only groups=1 and width_per_group=64")
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=dilation,
+                               dilation=dilation, bias=False)
         self.bn1 = _norm_layer(norm, planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=dilation, dilation=dilation,
+                               bias=False)
         self.bn2 = _norm_layer(norm, planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -118,6 +128,7 @@ class Bottleneck(nn.Module):
         width_per_group: int = 64,
         style: Style = "pytorch",
         norm: Norm = "bn",
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         if style not in ("pytorch", "caffe"):
@@ -127,7 +138,8 @@ class Bottleneck(nn.Module):
         self.conv1 = nn.Conv2d(inplanes, width, 1, stride=stride_1x1, bias=False)
         self.bn1 = _norm_layer(norm, width)
         self.conv2 = nn.Conv2d(
-            width, width, 3, stride=stride_3x3, padding=1, groups=groups, bias=False
+            width, width, 3, stride=stride_3x3, padding=dilation, dilation=dilation,
+            groups=groups, bias=False
         )
         self.bn2 = _norm_layer(norm, width)
         self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
@@ -161,6 +173,8 @@ class ResNet(nn.Module):
             ignored for ``"gn"`` and ``"frozen_bn"``.
         pretrained: local path of a torchvision-format ``state_dict`` (``fc.*`` keys are
             ignored); loaded after initialisation. ``None`` keeps the random init.
+        strides: stride of each of the four stages ((1, 2, 2, 2); dilated: (1, 2, 1, 1)).
+        dilations: dilation of each stage's 3x3 convs ((1, 1, 1, 1); dilated: (1, 1, 2, 4)).
     """
 
     def __init__(
@@ -176,10 +190,15 @@ class ResNet(nn.Module):
         norm: Norm = "bn",
         norm_eval: bool = True,
         pretrained: str | os.PathLike | None = None,
+        strides: Sequence[int] = (1, 2, 2, 2),
+        dilations: Sequence[int] = (1, 1, 1, 1),
     ) -> None:
         super().__init__()
         if len(layers) != 4:
             raise ValueError(f"layers must give 4 stages, got {tuple(layers)}")
+        for name, values in (("strides", strides), ("dilations", dilations)):
+            if len(values) != 4 or any(not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"{name} must be 4 positive ints, got {tuple(values)}")
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages must be in -1..4, got {frozen_stages}")
         _norm_layer(norm, 1 if norm != "gn" else _GN_GROUPS)  # validates ``norm`` early
@@ -194,9 +213,9 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         inplanes = base_width
         stages = []
-        for i, num_blocks in enumerate(layers):
+        for i, (num_blocks, stride, dilation) in enumerate(zip(layers, strides, dilations)):
             planes = base_width * 2**i
-            stride = 1 if i == 0 else 2
+            first_dilation = max(1, dilation // 2)  # contract_dilation (mmseg) / CSAIL
             downsample = None
             if stride != 1 or inplanes != planes * block.expansion:
                 downsample = nn.Sequential(
@@ -204,12 +223,14 @@ class ResNet(nn.Module):
                     _norm_layer(norm, planes * block.expansion),
                 )
             blocks = [
-                block(inplanes, planes, stride, downsample, groups, width_per_group, style, norm)
+                block(inplanes, planes, stride, downsample, groups, width_per_group, style, norm,
+                      first_dilation)
             ]
             inplanes = planes * block.expansion
             for _ in range(1, num_blocks):
                 blocks.append(
-                    block(inplanes, planes, 1, None, groups, width_per_group, style, norm)
+                    block(inplanes, planes, 1, None, groups, width_per_group, style, norm,
+                          dilation)
                 )
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
@@ -217,7 +238,9 @@ class ResNet(nn.Module):
         self.out_channels: dict[str, int] = {
             f"c{i + 2}": base_width * 2**i * block.expansion for i in range(4)
         }
-        self.out_strides: dict[str, int] = {f"c{i + 2}": 2 ** (i + 2) for i in range(4)}
+        self.out_strides: dict[str, int] = {
+            f"c{i + 2}": 4 * math.prod(strides[: i + 1]) for i in range(4)
+        }
         self.reset_parameters()
         if pretrained is not None:
             self.load_torchvision_weights(pretrained)
@@ -305,7 +328,8 @@ class ResNet(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        """[B, 3, H, W] normalised images -> ordered dict ``c2..c5`` (strides 4, 8, 16, 32)."""
+        """[B, 3, H, W] normalised images -> ordered dict ``c2..c5`` (strides ``out_strides``:
+        4, 8, 16, 32 by default)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         feats: OrderedDict[str, Tensor] = OrderedDict()
         for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)):

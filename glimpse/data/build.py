@@ -1,4 +1,5 @@
-"""``build_dataset(name, split=..., train=...)``: the named detection data sets of glimpse.
+"""``build_dataset(name, split=..., train=...)``: the named data sets of glimpse (detection, and
+semantic segmentation at the end of this docstring).
 
 =================  ==========================================================  ==============
 name               data                                                        image scale
@@ -16,6 +17,33 @@ COCO128 has no validation set, so glimpse fixes one: with the images sorted by i
 :data:`COCO128_NUM_VAL` (16: ids 590 .. 650) are ``val`` and the other 112 are ``train``. Both
 splits read the same JSON; ``dataset.coco`` is the whole file and ``dataset.ids`` the split, so
 evaluation restricts COCOeval with ``params.imgIds = dataset.ids``.
+
+Semantic segmentation (:data:`SEGMENTATION_DATASET_NAMES`; items ``(image, {"sem_seg"})``, a
+:class:`~glimpse.data.ade20k.SegmentationFolder`; training sets flip with probability 0.5):
+
+====================  =========================================================================
+name                  data
+====================  =========================================================================
+synthetic-smoke-seg   the synthetic-smoke scenes' semantic maps: 10 classes (background, 6
+                      shapes, 3 stuff), 128 px
+synthetic-cpu-seg     the same at 256 px (synthetic-cpu)
+ade20k                ADEChallengeData2016 under ``data_root`` (default data/ade20k/
+                      ADEChallengeData2016): 150 classes, 0 ignored; training also resizes
+                      to a random short side in 300..600, long side <= 1000 (CSAIL)
+ade20k-sample         the 3 validation images of ``../shared/data/ade20k-sample`` (both splits)
+====================  =========================================================================
+
+Inpainting (:data:`INPAINTING_DATASET_NAMES`; items ``(image, mask)``, an
+:class:`~glimpse.data.places.InpaintingImages`; free-form masks, fixed seeded set in ``val``):
+
+=======================  ======================================================================
+name                     data
+=======================  ======================================================================
+places365                Places365 under ``data_root`` (default data/places365): ``data_256/``
+                         (train) and ``val_256/`` (val), 256 px
+inpaint-imagenette       ``../shared/data/imagenette-mini/{train,val}`` photographs, 128 px
+inpaint-synthetic-smoke  the synthetic-smoke scenes' images, 64 px
+=======================  ======================================================================
 """
 
 from __future__ import annotations
@@ -23,13 +51,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from glimpse.data.ade20k import SegmentationFolder, ade20k
 from glimpse.data.coco import CocoDetection, DatasetError, load_coco_json
-from glimpse.data.synthetic import PROFILES, ensure_synthetic
-from glimpse.data.transforms import RandomHorizontalFlip
+from glimpse.data.places import PLACES365_SPLITS, InpaintingImages
+from glimpse.data.synthetic import PROFILES, SEMANTIC_CLASSES, ensure_synthetic
+from glimpse.data.transforms import Compose, RandomHorizontalFlip, RandomShortSideResize
 
-__all__ = ["DATASET_NAMES", "COCO128_NUM_VAL", "build_dataset", "coco128_split", "repo_root"]
+__all__ = ["DATASET_NAMES", "COCO128_NUM_VAL", "INPAINTING_DATASET_NAMES",
+           "SEGMENTATION_DATASET_NAMES", "build_dataset", "coco128_split", "repo_root"]
 
 DATASET_NAMES = ("synthetic-smoke", "synthetic-cpu", "coco", "coco128")
+SEGMENTATION_DATASET_NAMES = ("synthetic-smoke-seg", "synthetic-cpu-seg", "ade20k",
+                              "ade20k-sample")
+INPAINTING_DATASET_NAMES = ("places365", "inpaint-imagenette", "inpaint-synthetic-smoke")
+_INPAINTING_SIZES = {"places365": 256, "inpaint-imagenette": 128, "inpaint-synthetic-smoke": 64}
 COCO128_NUM_VAL = 16
 
 _IMAGE_SCALES = {
@@ -59,8 +94,10 @@ def _require(path: Path, what: str, name: str) -> Path:
 
 
 def build_dataset(name: str, *, split: str = "train", data_root: str | os.PathLike | None = None,
-                  train: bool = True, with_masks: bool = True) -> CocoDetection:
-    """Build one of :data:`DATASET_NAMES`.
+                  train: bool = True, with_masks: bool = True
+                  ) -> CocoDetection | SegmentationFolder | InpaintingImages:
+    """Build one of :data:`DATASET_NAMES`, :data:`SEGMENTATION_DATASET_NAMES` or
+    :data:`INPAINTING_DATASET_NAMES`.
 
     Args:
         name: the data set.
@@ -74,12 +111,18 @@ def build_dataset(name: str, *, split: str = "train", data_root: str | os.PathLi
         with_masks: decode instance masks.
 
     Returns:
-        a :class:`CocoDetection` with ``.name`` and ``.default_image_scale`` set.
+        a :class:`CocoDetection` (segmentation: :class:`SegmentationFolder`) with ``.name`` and
+        ``.default_image_scale`` set.
     """
-    if name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+    known = DATASET_NAMES + SEGMENTATION_DATASET_NAMES + INPAINTING_DATASET_NAMES
+    if name not in known:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(known)}")
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if name in SEGMENTATION_DATASET_NAMES:
+        return _segmentation_dataset(name, split, data_root, train)
+    if name in INPAINTING_DATASET_NAMES:
+        return _inpainting_dataset(name, split, data_root, train)
     kwargs = dict(transforms=RandomHorizontalFlip(0.5) if train else None,
                   with_masks=with_masks, skip_empty=train)
     if name in PROFILES:
@@ -106,4 +149,43 @@ def build_dataset(name: str, *, split: str = "train", data_root: str | os.PathLi
     ds.name = name
     ds.split = split
     ds.default_image_scale = _IMAGE_SCALES[name]
+    return ds
+
+
+def _segmentation_dataset(name: str, split: str, data_root: str | os.PathLike | None,
+                          train: bool) -> SegmentationFolder:
+    transforms = RandomHorizontalFlip(0.5) if train else None
+    if train and name == "ade20k":  # CSAIL UperNet recipe (the paper's Table 5)
+        transforms = Compose([RandomShortSideResize(), RandomHorizontalFlip(0.5)])
+    if name.startswith("synthetic"):
+        profile = name.removesuffix("-seg")
+        paths = ensure_synthetic(profile, split, root=data_root)
+        ds = SegmentationFolder(paths.image_dir, paths.sem_seg_dir,
+                                num_classes=len(SEMANTIC_CLASSES), classes=SEMANTIC_CLASSES,
+                                transforms=transforms)
+        scale = _IMAGE_SCALES[profile]
+    else:
+        default = (repo_root() / "data" / "ade20k" / "ADEChallengeData2016" if name == "ade20k"
+                   else repo_root().parent / "shared" / "data" / "ade20k-sample")
+        root = _require(Path(data_root) if data_root else default, "root folder", name)
+        ds = ade20k(root, split, transforms=transforms)
+        scale = (2048, 512)  # mmseg's ADE20K test scale (long side 2048, short side 512)
+    ds.name, ds.split, ds.default_image_scale = name, split, scale
+    return ds
+
+
+def _inpainting_dataset(name: str, split: str, data_root: str | os.PathLike | None,
+                        train: bool) -> InpaintingImages:
+    if name == "places365":
+        root = Path(data_root) if data_root else repo_root() / "data" / "places365"
+        folder = _require(root / PLACES365_SPLITS[split], f"{split} image folder", name)
+    elif name == "inpaint-imagenette":
+        root = (Path(data_root) if data_root
+                else repo_root().parent / "shared" / "data" / "imagenette-mini")
+        folder = _require(root / split, f"{split} image folder", name)
+    else:
+        folder = ensure_synthetic("synthetic-smoke", split, root=data_root).image_dir
+    size = _INPAINTING_SIZES[name]
+    ds = InpaintingImages(folder, size, "free_form", train=train)
+    ds.name, ds.split, ds.default_image_scale = name, split, (size, size)
     return ds

@@ -1,4 +1,5 @@
-"""Report every problem of a COCO set (``python -m glimpse data check --image-dir D --ann A``).
+"""Report every problem of a COCO set (``python -m glimpse data check --image-dir D --ann A``)
+or of a semantic segmentation folder pair (``... --image-dir D --labels L --num-classes K``).
 
 Unlike :class:`~glimpse.data.CocoDetection`, which stops at the first problem, the checker
 reads every image and lists each kind of problem with its count and a few examples.
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from glimpse.data.ade20k import out_of_range_labels, read_label_png
 from glimpse.data.coco import (
     DatasetError,
     find_structure_problems,
@@ -20,7 +22,7 @@ from glimpse.data.coco import (
     segmentation_problem,
 )
 
-__all__ = ["CheckReport", "check_coco"]
+__all__ = ["CheckReport", "check_coco", "check_segmentation"]
 
 _MAX_EXAMPLES = 5
 # Boxes may stick out of the image by rounding; COCO's own boxes stay within this.
@@ -206,4 +208,55 @@ def check_coco(image_dir: str | Path, ann_file: str | Path, *, decode: bool = Tr
             problem = segmentation_problem(a["segmentation"], im["height"], im["width"])
             if problem:
                 report.add("bad_segmentation", f"{where}: {problem}")
+    return report
+
+
+def check_segmentation(image_dir: str | Path, label_dir: str | Path, *, num_classes: int,
+                       reduce_zero_label: bool = False, decode: bool = True) -> CheckReport:
+    """Every problem of an image folder and its label maps (``<stem>.png`` per image).
+
+    Kinds: ``missing_annotation``, ``orphan_annotation`` (a label map without image),
+    ``unreadable_image``, ``unreadable_annotation``, ``size_mismatch``,
+    ``label_out_of_range`` (see :func:`glimpse.data.ade20k.out_of_range_labels`). The report's
+    ``ann_file`` is the label folder.
+
+    Raises:
+        DatasetError: a folder is missing.
+    """
+    image_dir, label_dir = Path(image_dir), Path(label_dir)
+    for what, d in (("image folder", image_dir), ("annotation folder", label_dir)):
+        if not d.is_dir():
+            raise DatasetError(f"{d}: {what} not found")
+    images = sorted(p for p in image_dir.iterdir()
+                    if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    labels = {p.stem: p for p in label_dir.iterdir() if p.suffix.lower() == ".png"}
+    report = CheckReport(label_dir, image_dir, num_images=len(images),
+                         num_annotations=len(labels))
+    for stem in sorted(set(labels) - {p.stem for p in images}):
+        report.add("orphan_annotation", f"{labels[stem]}: no image {stem}.* in {image_dir}")
+    for path in images:
+        label = labels.get(path.stem)
+        if label is None:
+            report.add("missing_annotation", f"{path}: no label map {path.stem}.png")
+            continue
+        try:
+            with Image.open(path) as img:
+                if decode:
+                    img.load()
+                size = (img.height, img.width)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            report.add("unreadable_image", f"{path}: cannot decode image ({e})")
+            continue
+        try:
+            raw = read_label_png(label)
+        except DatasetError as e:
+            report.add("unreadable_annotation", str(e))
+            continue
+        if raw.shape != size:
+            report.add("size_mismatch", f"{label}: label map is {raw.shape[0]}x{raw.shape[1]} "
+                                        f"(HxW) but its image is {size[0]}x{size[1]}")
+        bad = out_of_range_labels(raw, num_classes, reduce_zero_label)
+        if bad:
+            report.add("label_out_of_range", f"{label}: values {bad} outside the "
+                                             f"{num_classes} classes")
     return report

@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from glimpse.preprocess import resize_image, resize_target
 from glimpse.structures import Target
 
-__all__ = ["hflip", "Compose", "RandomHorizontalFlip"]
+__all__ = ["hflip", "Compose", "RandomHorizontalFlip", "RandomShortSideResize"]
 
 def hflip(image: Tensor, target: Target | None = None) -> tuple[Tensor, Target | None]:
     """Horizontal flip of a [C, H, W] image and its target (mmdetection v2: x' = W - x)."""
@@ -61,3 +62,27 @@ class RandomHorizontalFlip:
         if random.random() < self.p:
             return hflip(image, target)
         return image, target
+
+
+class RandomShortSideResize:
+    """Resize so that the short side is one of ``short_sides`` (drawn uniformly) and the long
+    side at most ``max_long``, keeping the aspect ratio; the CSAIL UperNet training recipe
+    (short side in {300, 375, 450, 525, 600}, long side <= 1000) that the CARAFE paper's
+    Table 5 used. Images bilinear, label maps and masks nearest.
+    """
+
+    def __init__(self, short_sides: Sequence[int] = (300, 375, 450, 525, 600),
+                 max_long: int = 1000):
+        if not short_sides or min(short_sides) < 1 or max_long < 1:
+            raise ValueError(f"short_sides and max_long must be positive, got "
+                             f"{tuple(short_sides)}, {max_long}")
+        self.short_sides = tuple(short_sides)
+        self.max_long = max_long
+
+    def __call__(self, image: Tensor, target: Target | None):
+        h, w = image.shape[-2:]
+        short = random.choice(self.short_sides)
+        factor = min(short / min(h, w), self.max_long / max(h, w))
+        size = (max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5)))
+        out = resize_image(image, size)
+        return out, resize_target(target, (h, w), size) if target is not None else None

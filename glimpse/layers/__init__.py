@@ -1,8 +1,9 @@
 """Layers: nn.Modules on top of glimpse.ops and torchvision.ops (CARAFE and the upsamplers of
-its Table 2, guided anchoring's FeatureAdaption)."""
+its Table 2, guided anchoring's FeatureAdaption, partial convolution)."""
 
 from glimpse.layers.carafe import CARAFE
 from glimpse.layers.feature_adaption import FeatureAdaption
+from glimpse.layers.partial_conv import PartialConv2d
 from glimpse.layers.upsamplers import (
     PAPER_FLOPS,
     UPSAMPLER_LABELS,
@@ -27,6 +28,7 @@ __all__ = [
     "Interpolate",
     "InterpolateConv",
     "PAPER_FLOPS",
+    "PartialConv2d",
     "PixelShuffleUpsample",
     "SpatialAttentionUpsample",
     "TransposedConvUpsample",
