@@ -24,6 +24,7 @@ which go to the backbone; ``backbone_kwargs={...}`` passes any other backbone op
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -225,6 +226,7 @@ def build(
     num_classes: int | None = None,
     *,
     backbone_kwargs: dict[str, Any] | None = None,
+    checkpoint: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build zoo model ``name``.
@@ -234,12 +236,21 @@ def build(
         num_classes: K foreground classes; None means 80 (COCO) for detectors and 1000
             (ImageNet) for the classifiers of :data:`CLASSIFIERS`.
         backbone_kwargs: extra keyword arguments of the backbone function.
+        checkpoint: a glimpse or mmdetection checkpoint file loaded into the model
+            (:func:`glimpse.checkpoints.load_checkpoint`: every tensor or an error). For an
+            mmdetection file the backbone style (pytorch / caffe) and, when ``num_classes`` is
+            None, the number of classes come from the file's metadata when it has them.
         **kwargs: detector builder keywords (``image_scale``, ``fpn_channels``, ...); those in
             :data:`BACKBONE_KWARGS` (``pretrained``, ``frozen_stages``, ...) go to the backbone.
 
     Raises:
         KeyError: unknown name (the message lists the known ones).
+        FileNotFoundError, glimpse.checkpoints.CheckpointError: the checkpoint is missing,
+            unreadable or does not fit the model.
     """
+    if checkpoint is not None:
+        return _build_from_checkpoint(name, num_classes, checkpoint,
+                                      backbone_kwargs=backbone_kwargs, **kwargs)
     if name in CLASSIFIERS:
         return CLASSIFIERS[name](1000 if num_classes is None else num_classes, **kwargs)
     num_classes = 80 if num_classes is None else num_classes
@@ -250,3 +261,19 @@ def build(
     backbone = BACKBONES[spec.backbone](**bb_kwargs)
     builder = DETECTORS[spec.detector]
     return builder(backbone, num_classes, **{**spec.defaults, **kwargs})
+
+
+def _build_from_checkpoint(name: str, num_classes: int | None, path: str | os.PathLike,
+                           **kwargs: Any) -> nn.Module:
+    """:func:`build` with ``checkpoint=path``: read the file, build to fit it, load it."""
+    from glimpse import checkpoints  # the loader needs the detector classes: import on use
+
+    ckpt = checkpoints.read_checkpoint(path)
+    style = checkpoints.backbone_style(ckpt)
+    if style is not None and "style" not in kwargs and name in MODELS:
+        kwargs["style"] = style
+    if num_classes is None and name in MODELS:
+        num_classes = checkpoints.num_classes_of(ckpt)
+    model = build(name, num_classes, **kwargs)
+    checkpoints.load_checkpoint(model, ckpt, model_name=name, style=kwargs.get("style"))
+    return model
