@@ -70,11 +70,11 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "backbone_style",
+    "class_names_of",
     "glimpse_to_mmdet",
     "load_checkpoint",
     "mmdet_key_map",
     "mmdet_to_glimpse",
-    "num_classes_of",
     "read_checkpoint",
 ]
 
@@ -186,11 +186,16 @@ def backbone_style(ckpt: Checkpoint) -> str | None:
     return "caffe" if "_caffe" in ckpt.path.name else None
 
 
-def num_classes_of(ckpt: Checkpoint) -> int | None:
-    """Number of classes named in an mmdetection checkpoint's meta (v3 ``dataset_meta.classes``,
-    v2 ``CLASSES``), None when it names none."""
-    classes = ckpt.meta.get("dataset_meta", {}).get("classes") or ckpt.meta.get("CLASSES")
-    return len(classes) if isinstance(classes, (list, tuple)) and classes else None
+def class_names_of(ckpt: Checkpoint) -> list[str] | None:
+    """Class names (labels 1..K in order) stored in an mmdetection checkpoint's meta (v3
+    ``dataset_meta.classes``, v2 ``CLASSES``), None when it stores none."""
+    dataset_meta = ckpt.meta.get("dataset_meta")
+    classes = (dataset_meta.get("classes") if isinstance(dataset_meta, dict) else None
+               ) or ckpt.meta.get("CLASSES")
+    if isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str)
+                                                             for c in classes):
+        return list(classes)
+    return None
 
 
 def _error(ckpt_path: Path | str, model_name: str, message: str) -> CheckpointError:

@@ -226,7 +226,7 @@ def build(
     num_classes: int | None = None,
     *,
     backbone_kwargs: dict[str, Any] | None = None,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | Any | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build zoo model ``name``.
@@ -236,7 +236,8 @@ def build(
         num_classes: K foreground classes; None means 80 (COCO) for detectors and 1000
             (ImageNet) for the classifiers of :data:`CLASSIFIERS`.
         backbone_kwargs: extra keyword arguments of the backbone function.
-        checkpoint: a glimpse or mmdetection checkpoint file loaded into the model
+        checkpoint: a glimpse or mmdetection checkpoint file (or a
+            :class:`glimpse.checkpoints.Checkpoint` already read) loaded into the model
             (:func:`glimpse.checkpoints.load_checkpoint`: every tensor or an error). For an
             mmdetection file the backbone style (pytorch / caffe) and, when ``num_classes`` is
             None, the number of classes come from the file's metadata when it has them.
@@ -263,17 +264,18 @@ def build(
     return builder(backbone, num_classes, **{**spec.defaults, **kwargs})
 
 
-def _build_from_checkpoint(name: str, num_classes: int | None, path: str | os.PathLike,
+def _build_from_checkpoint(name: str, num_classes: int | None, path: Any,
                            **kwargs: Any) -> nn.Module:
     """:func:`build` with ``checkpoint=path``: read the file, build to fit it, load it."""
     from glimpse import checkpoints  # the loader needs the detector classes: import on use
 
-    ckpt = checkpoints.read_checkpoint(path)
+    ckpt = path if isinstance(path, checkpoints.Checkpoint) else checkpoints.read_checkpoint(path)
     style = checkpoints.backbone_style(ckpt)
     if style is not None and "style" not in kwargs and name in MODELS:
         kwargs["style"] = style
     if num_classes is None and name in MODELS:
-        num_classes = checkpoints.num_classes_of(ckpt)
+        names = checkpoints.class_names_of(ckpt)
+        num_classes = len(names) if names else None
     model = build(name, num_classes, **kwargs)
     checkpoints.load_checkpoint(model, ckpt, model_name=name, style=kwargs.get("style"))
     return model
