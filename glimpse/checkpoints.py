@@ -12,7 +12,8 @@ glimpse                                mmdetection
 ``neck.lateral_convs.i.*``             ``neck.lateral_convs.i.conv.*``
 ``neck.fpn_convs.i.*``                 ``neck.fpn_convs.i.conv.*``
 ``neck.extra_convs.k.*``               ``neck.fpn_convs.<used levels + k>.conv.*``
-``rpn_head.conv/cls/reg.*``            ``rpn_head.rpn_conv/rpn_cls/rpn_reg.*``
+``rpn_head.conv/cls/reg.*``            ``rpn_head.rpn_conv/rpn_cls/rpn_reg.*`` (v3 RPN alone:
+                                       ``bbox_head.rpn_*``; v2's ``rpn_head`` also read)
 ``roi_head.box_heads.t.fcs.j.*``       ``roi_head.bbox_head[.t].shared_fcs.j.*``
 ``roi_head.box_heads.t.cls/reg.*``     ``roi_head.bbox_head[.t].fc_cls/fc_reg.*``
 ``roi_head.mask_heads.t.convs.j.*``    ``roi_head.mask_head[.t].convs.j.conv.*``
@@ -120,6 +121,7 @@ class Checkpoint:
 
 def _looks_like_mmdet(keys: set[str]) -> bool:
     markers = ("neck.lateral_convs.0.conv.weight", "rpn_head.rpn_conv.weight",
+               "bbox_head.rpn_conv.weight",
                "bbox_head.retina_cls.weight", "roi_head.bbox_head.fc_cls.weight",
                "roi_head.bbox_head.0.fc_cls.weight")
     return any(m in keys for m in markers)
@@ -248,7 +250,9 @@ def _mmdet_name(model: nn.Module, key: str) -> str | None:
         return _neck_rule(model.neck, rest)
     if part == "rpn_head" and isinstance(model.rpn_head, RPNHead):
         m = re.fullmatch(r"(conv|cls|reg)\.(\w+)", rest)
-        return f"rpn_head.rpn_{m.group(1)}.{m.group(2)}" if m else None
+        # mmdet v3's RPN detector calls its head bbox_head (v2 and two-stage models: rpn_head)
+        head = "bbox_head" if model.roi_head is None else "rpn_head"
+        return f"{head}.rpn_{m.group(1)}.{m.group(2)}" if m else None
     if part == "roi_head" and isinstance(model, TwoStageDetector):
         return _roi_rule(model.roi_head, rest)
     if part == "head" and isinstance(model.head, RetinaHead):
@@ -311,6 +315,9 @@ def mmdet_to_glimpse(state: Mapping[str, Tensor], model: nn.Module, *,
     name = model_name or type(model).__name__
     key_map = mmdet_key_map(model, name)
     own = model.state_dict()
+    if isinstance(model, TwoStageDetector) and model.roi_head is None:  # v2 RPN file names
+        state = {("bbox_head." + k[len("rpn_head."):] if k.startswith("rpn_head.") else k): v
+                 for k, v in state.items()}
     inverse = {mm: g for g, mm in key_map.items()}
     unexpected = sorted(k for k in state if k not in inverse
                         and not (k.endswith(_COUNTER) and k.rsplit(".", 1)[0] + ".weight"
