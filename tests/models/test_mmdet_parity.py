@@ -77,6 +77,15 @@ def _match(ref_boxes, ref_scores, boxes, scores, score_tol, ref_labels=None, lab
     return torch.where(ok.any(1), ok.float().argmax(1), -1)
 
 
+def _agreement(ref_boxes, ref_scores, boxes, scores, hit) -> tuple[float, float]:
+    """(min IoU, max |score difference|) over the matched pairs (the closing note's numbers)."""
+    found = hit >= 0
+    if not found.any():
+        return 1.0, 0.0
+    pairs = box_iou(ref_boxes[found], boxes[hit[found]]).diagonal()
+    return float(pairs.min()), float((ref_scores[found] - scores[hit[found]]).abs().max())
+
+
 def _compare(family: str, record: np.lib.npyio.NpzFile, full: bool, tmp_path: Path) -> dict:
     shapes = {k: tuple(int(x) for x in s.split(",") if x)
               for k, s in zip(record["keys"].tolist(), record["shapes"].tolist())}
@@ -104,12 +113,16 @@ def _compare(family: str, record: np.lib.npyio.NpzFile, full: bool, tmp_path: Pa
             ref = torch.from_numpy(record["proposals"])
             hit = _match(ref[:, :4], ref[:, 4], props["boxes"], props["scores"], 1e-4)
             out["proposals"] = (len(ref), len(props["boxes"]), int((hit < 0).sum()))
+            out["proposal_iou_min, score_diff_max"] = _agreement(
+                ref[:, :4], ref[:, 4], props["boxes"], props["scores"], hit)
         det = model([image])[0]
     ref_boxes = torch.from_numpy(record["boxes"])
     ref_labels = torch.from_numpy(record["labels"]).long() + 1  # mmdet 0-based
     hit = _match(ref_boxes, torch.from_numpy(record["scores"]), det["boxes"], det["scores"],
                  1e-3, ref_labels, det["labels"])
     out["detections"] = (len(ref_boxes), len(det["boxes"]), int((hit < 0).sum()))
+    out["detection_iou_min, score_diff_max"] = _agreement(
+        ref_boxes, torch.from_numpy(record["scores"]), det["boxes"], det["scores"], hit)
     # unmatched reference detections: IoU with the closest higher-scoring same-label glimpse one
     nms_iou = (model.head if hasattr(model, "head") else model.roi_head).test_cfg.nms_iou \
         if not family == "rpn" else model.rpn_head.test_proposals.nms_iou
