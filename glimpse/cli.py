@@ -12,6 +12,8 @@ Examples::
     torchrun --nproc-per-node 8 -m glimpse train mask_rcnn_r50_fpn --data coco \\
         --data-root data/coco --max-iters 90000 --batch-size 2 --device cuda --work-dir runs/1x
     python -m glimpse evaluate --ann instances_val2017.json --results segm.json --iou-type segm
+    python -m glimpse test mask_rcnn_r50_fpn --checkpoint mask_rcnn_r50_fpn_1x_coco.pth \
+        --image-dir data/coco/val2017 --ann instances_val2017.json --out results.json
     python -m glimpse reproduce --paper codebase --profile smoke
     python -m glimpse bench carafe --quick
     python -m glimpse data check --image-dir data/coco/val2017 --ann instances_val2017.json
@@ -147,7 +149,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser(
-        "evaluate", aliases=["test"],
+        "evaluate",
         help="COCO bbox/segm AP or proposal AR of a results JSON",
         description="COCO bbox / segm AP or proposal AR of a COCO results file, printed as "
                     "JSON on stdout.")
@@ -193,6 +195,85 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise CommandError(f"{os.fspath(args.results)}: {e}") from None
     print(json.dumps(metrics, sort_keys=True))
     return 0
+
+
+# ------------------------------------------------------------------------------------ test
+
+
+def _add_test(sub) -> None:
+    p = sub.add_parser(
+        "test", help="run a checkpoint (glimpse or mmdetection) over a COCO-format dataset",
+        description="Detect with a zoo model loaded from a glimpse or mmdetection checkpoint "
+                    "over a COCO-format image folder (mmdetection's test pipeline: keep-ratio "
+                    "resize to 1333x800, normalise, pad to 32), write the COCO results JSON "
+                    "and print its COCOeval metrics as JSON. Runs under torchrun, one share of "
+                    "the images per process.")
+    p.add_argument("model", help="a name from glimpse.zoo.names(), e.g. mask_rcnn_r50_fpn")
+    p.add_argument("--checkpoint", required=True, type=Path, help="glimpse or mmdet .pth file")
+    p.add_argument("--image-dir", required=True, type=Path, help="folder of the images")
+    p.add_argument("--ann", required=True, type=Path, help="COCO instances JSON")
+    p.add_argument("--out", required=True, type=Path, help="COCO results JSON to write")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward per process")
+    p.add_argument("--score-thr", type=float, default=None, metavar="T",
+                   help="keep detections scoring above T (default: the model's, 0.05)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle objects beyond tensors (only for files you trust)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_test)
+
+
+def _test(args: argparse.Namespace) -> int:
+    from glimpse import checkpoints, zoo
+    from glimpse.data import CocoDetection
+    from glimpse.engine.coco_eval import evaluate_to_file
+
+    if args.model not in zoo.MODELS:
+        raise CommandError(f"unknown detector {args.model!r}; known: {', '.join(zoo.MODELS)}",
+                           status=2)
+    if args.batch_size < 1:
+        raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}", status=2)
+    if args.score_thr is not None and not 0.0 <= args.score_thr < 1.0:
+        raise CommandError(f"--score-thr must lie in [0, 1), got {args.score_thr}", status=2)
+    dataset = CocoDetection(args.image_dir, args.ann, with_masks=False)
+    ckpt = checkpoints.read_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
+    label_to_cat_id = _label_to_cat_id(ckpt, dataset, checkpoints.class_names_of(ckpt))
+    model = zoo.build(args.model, len(label_to_cat_id), checkpoint=ckpt)
+    if args.score_thr is not None:
+        _set_score_threshold(model, args.score_thr)
+    is_rpn = zoo.MODELS[args.model].detector == "rpn"
+    iou_types = ("proposal",) if is_rpn else ("bbox", "segm") if "mask" in args.model \
+        else ("bbox",)
+    metrics = evaluate_to_file(model, dataset, args.out, device=args.device,
+                               label_to_cat_id=None if is_rpn else label_to_cat_id,
+                               iou_types=iou_types, batch_size=args.batch_size,
+                               progress=not args.no_progress)
+    if metrics is not None:  # rank 0
+        print(f"results: {args.out}", file=sys.stderr)
+        print(json.dumps(metrics, sort_keys=True))
+    return 0
+
+
+def _set_score_threshold(model, score_thr: float) -> None:
+    """Replace the score threshold of the model's test config (R-CNN or RetinaNet head)."""
+    from dataclasses import replace
+
+    for head in (getattr(model, "roi_head", None), getattr(model, "head", None)):
+        if head is not None and hasattr(head, "test_cfg"):
+            head.test_cfg = replace(head.test_cfg, score_thr=score_thr)
+
+
+def _label_to_cat_id(ckpt, dataset, class_names: list[str] | None) -> dict[int, int]:
+    """Model label -> COCO category id: by class name when the checkpoint names its classes,
+    else the annotation file's categories in id order."""
+    if class_names is None:
+        return dict(dataset.label_to_cat_id)
+    by_name = {dataset.coco.cats[c]["name"]: c for c in dataset.coco.cats}
+    missing = [n for n in class_names if n not in by_name]
+    if missing:
+        raise CommandError(f"{ckpt.path}: class {missing[0]!r} of the checkpoint is not a "
+                           f"category of {dataset.ann_file} ({len(missing)} missing)")
+    return {i + 1: by_name[n] for i, n in enumerate(class_names)}
 
 
 # ------------------------------------------------------------------------------------ reproduce
@@ -496,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m glimpse",
                      description="glimpse: the paper companion's command line.")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
-    for add in (_add_train, _add_evaluate, _add_reproduce, _add_bench, _add_data,
+    for add in (_add_train, _add_evaluate, _add_test, _add_reproduce, _add_bench, _add_data,
                 _add_clean_notebooks):
         add(sub)
     parser.set_defaults(run=lambda args: _print_help(parser))

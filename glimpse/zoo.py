@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -322,6 +323,7 @@ def build(
     num_classes: int | None = None,
     *,
     backbone_kwargs: dict[str, Any] | None = None,
+    checkpoint: str | os.PathLike | Any | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build zoo model ``name``.
@@ -334,12 +336,22 @@ def build(
             (ImageNet) for the classifiers of :data:`CLASSIFIERS` and 150 (ADE20K) for the
             segmentors.
         backbone_kwargs: extra keyword arguments of the backbone function.
+        checkpoint: a glimpse or mmdetection checkpoint file (or a
+            :class:`glimpse.checkpoints.Checkpoint` already read) loaded into the model
+            (:func:`glimpse.checkpoints.load_checkpoint`: every tensor or an error). For an
+            mmdetection file the backbone style (pytorch / caffe) and, when ``num_classes`` is
+            None, the number of classes come from the file's metadata when it has them.
         **kwargs: detector builder keywords (``image_scale``, ``fpn_channels``, ...); those in
             :data:`BACKBONE_KWARGS` (``pretrained``, ``frozen_stages``, ...) go to the backbone.
 
     Raises:
         KeyError: unknown name (the message lists the known ones).
+        FileNotFoundError, glimpse.checkpoints.CheckpointError: the checkpoint is missing,
+            unreadable or does not fit the model.
     """
+    if checkpoint is not None:
+        return _build_from_checkpoint(name, num_classes, checkpoint,
+                                      backbone_kwargs=backbone_kwargs, **kwargs)
     if name in CLASSIFIERS:
         return CLASSIFIERS[name](1000 if num_classes is None else num_classes, **kwargs)
     if name in INPAINTERS:
@@ -360,3 +372,20 @@ def build(
     backbone = BACKBONES[spec.backbone](**bb_kwargs)
     builder = DETECTORS[spec.detector]
     return builder(backbone, num_classes, **{**spec.defaults, **kwargs})
+
+
+def _build_from_checkpoint(name: str, num_classes: int | None, path: Any,
+                           **kwargs: Any) -> nn.Module:
+    """:func:`build` with ``checkpoint=path``: read the file, build to fit it, load it."""
+    from glimpse import checkpoints  # the loader needs the detector classes: import on use
+
+    ckpt = path if isinstance(path, checkpoints.Checkpoint) else checkpoints.read_checkpoint(path)
+    style = checkpoints.backbone_style(ckpt)
+    if style is not None and "style" not in kwargs and name in MODELS:
+        kwargs["style"] = style
+    if num_classes is None and name in MODELS:
+        names = checkpoints.class_names_of(ckpt)
+        num_classes = len(names) if names else None
+    model = build(name, num_classes, **kwargs)
+    checkpoints.load_checkpoint(model, ckpt, model_name=name, style=kwargs.get("style"))
+    return model

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -20,11 +21,11 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from glimpse.engine.distributed import resolve_device
-from glimpse.io import read_json
+from glimpse.engine.distributed import init_distributed, resolve_device
+from glimpse.io import atomic_write, read_json
 from glimpse.structures import Detection, box_xyxy_to_xywh
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "coco_evaluate",
     "proposal_recall",
     "evaluate_detector",
+    "evaluate_to_file",
 ]
 
 # Names of COCOeval.stats[0:6] for bbox / segm.
@@ -384,4 +386,65 @@ def evaluate_detector(
             metrics[iou_type] = proposal_recall(coco_gt, proposals, ids)
         else:
             metrics[iou_type] = coco_evaluate(coco_gt, results, iou_type, ids)
+    return metrics
+
+
+def evaluate_to_file(
+    model: nn.Module,
+    dataset: Dataset,
+    out: str | os.PathLike,
+    *,
+    label_to_cat_id: Mapping[int, int] | None,
+    iou_types: Sequence[str],
+    device: str | torch.device = "cpu",
+    batch_size: int = 1,
+    progress: bool = True,
+) -> dict[str, dict[str, float]] | None:
+    """Detect over a COCO dataset, write the COCO results JSON and return its metrics; under
+    ``torchrun`` every rank detects on its share of the images and rank 0 writes and scores.
+
+    Rank ``r`` of ``W`` takes the images ``r, r + W, ...``; rank 0 gathers the per-image
+    results and orders them as a single process would, so the file and the metrics do not
+    depend on the number of processes.
+
+    Args:
+        model: eval-mode detector ``model(images) -> list[Detection]``.
+        dataset: a :class:`glimpse.data.CocoDetection` (``.coco``, ``.ids``).
+        out: the results JSON to write (``bbox``, plus ``segmentation`` when the model
+            returns masks).
+        label_to_cat_id: label -> COCO category id; None keeps labels (proposals).
+        iou_types: metrics to compute, any of ``"bbox"``, ``"segm"``, ``"proposal"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``; under torchrun each rank gets its GPU.
+        batch_size: images per forward on each rank.
+        progress: show a tqdm bar on rank 0.
+
+    Returns:
+        ``{iou_type: metrics}`` on rank 0, None on the other ranks.
+    """
+    info = init_distributed(device)
+    try:
+        shard = Subset(dataset, list(range(info.rank, len(dataset), info.world_size)))
+        per_image: dict[int, list[dict[str, Any]]] = {}
+        stream = iter_inference(model, shard, device=info.device, batch_size=batch_size,
+                                progress=progress and info.is_main)
+        for image_id, det in stream:
+            per_image[image_id] = coco_results([det], [image_id], label_to_cat_id,
+                                               with_masks="masks" in det)
+        if info.world_size > 1:
+            gathered: list[Any] = [None] * info.world_size
+            torch.distributed.all_gather_object(gathered, per_image)
+            per_image = {k: v for part in gathered for k, v in part.items()}
+        if not info.is_main:
+            return None
+    finally:
+        if info.created_group:
+            torch.distributed.destroy_process_group()
+    results = [r for image_id in dataset.ids for r in per_image.get(image_id, [])]
+    atomic_write(out, json.dumps(results))
+    metrics: dict[str, dict[str, float]] = {}
+    for iou_type in iou_types:
+        if iou_type == "proposal":
+            metrics[iou_type] = proposal_recall(dataset.coco, results, dataset.ids)
+        else:
+            metrics[iou_type] = coco_evaluate(dataset.coco, results, iou_type, dataset.ids)
     return metrics
