@@ -53,6 +53,7 @@ from glimpse.report import load_paper, repo_root
 
 __all__ = [
     "ABLATION_STEPS",
+    "COMPOSED",
     "HTCExperiment",
     "HTCRuns",
     "PROFILES",
@@ -81,7 +82,7 @@ PAPER = "htc"
 
 # The ablation's rows (keys of glimpse.detectors.htc.HTC_ABLATION), cumulative, as Table 2.
 ABLATION_STEPS = ("cascade_mask", "interleaved", "mask_info_flow", "semantic")
-COMPOSED = "composed"
+COMPOSED = "composed"  # variant name of the composed detector
 _TABLE1_ROWS = {"Cascade Mask R-CNN": "cascade_mask", "HTC": "semantic"}
 
 
@@ -391,7 +392,8 @@ def claims_table(cfg: HTCExperiment, runs: pd.DataFrame, root: str | Path | None
                  ) -> pd.DataFrame:
     """Does the claim hold at this scale? Each comparison paired by seed
     (:func:`compare_paired`, 95% paired-t interval): HTC vs Cascade Mask R-CNN, then each
-    ablation step vs the previous one, on mask AP and box AP, with the paper's difference."""
+    ablation step vs the previous one, on mask AP and box AP, with the paper's difference and
+    a ``note`` where both sides are at AP 0 (a tie the runner's rule calls "does not hold")."""
     paper = paper_table("table2_ablation", root).set_index("step")
     pairs = [("cascade_mask", "semantic", "HTC vs Cascade Mask R-CNN")]
     pairs += [(a, b, f"+ {b} (vs {a})") for a, b in zip(ABLATION_STEPS, ABLATION_STEPS[1:])]
@@ -403,10 +405,13 @@ def claims_table(cfg: HTCExperiment, runs: pd.DataFrame, root: str | Path | None
                             for m in df["metric"]]
         frames.append(df)
     out = pd.concat(frames, ignore_index=True)
+    # the runner reads a tie as "does not hold"; two untrained models tie at AP 0
+    untrained = (out["baseline_mean"] == 0) & (out["variant_mean"] == 0)
+    out["note"] = untrained.map({True: "both AP 0: not trained enough to measure", False: ""})
     out["profile"], out["data"], out["iters"] = cfg.profile, cfg.data, cfg.iters
     cols = ["claim", "metric", "seeds", "baseline_mean", "variant_mean", "diff_mean",
-            "diff_std", "agree", "disagree", "paper_diff", "verdict", "profile", "data",
-            "iters"]
+            "diff_std", "agree", "disagree", "paper_diff", "verdict", "note", "profile",
+            "data", "iters"]
     return out[cols]
 
 

@@ -77,6 +77,10 @@ def test_tables_and_verdicts_from_hand_written_runs():
     # box AP never moves: the claimed gain is absent
     assert claims.loc[("+ semantic (vs mask_info_flow)", "box_AP"), "verdict"] == \
         "does not hold"
+    assert set(claims["note"]) == {""}
+    zero = runs.assign(mask_AP=0.0)
+    note = htc.claims_table(cfg, zero).set_index(["claim", "metric"])
+    assert note.loc[("HTC vs Cascade Mask R-CNN", "mask_AP"), "note"].startswith("both AP 0")
 
 
 def test_full_profile_builds_the_paper_models():
