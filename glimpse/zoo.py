@@ -221,6 +221,12 @@ _SLIM_FAMILY_DEFAULTS.update({family: {"fc_channels": 256, "rcnn_cfg": replace(
 MODELS.update({f"{family}_{backbone}_fpn": _spec(family, backbone)
                for family in _GA_FAMILIES for backbone in RESNET_BACKBONES})
 
+# The talk's four methods in one detector (issue 13, beyond the papers): FishNet, the CARAFE FPN,
+# GA-RPN and HTC (glimpse.detectors.composed); FishNet-188 as in the FishNet paper's COCO table.
+DETECTORS["htc_ga_carafe"] = _lazy_builder("glimpse.detectors.composed", "htc_ga_carafe")
+MODELS.update({f"htc_ga_{backbone}_fpn_carafe": _spec("htc_ga_carafe", backbone)
+               for backbone in ("fishnet188", "fishnet_slim")})
+
 # Image classifiers (``glimpse.classification.ImageClassifier``; default 1000 classes).
 CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
     name: _lazy_builder("glimpse.classification", fn_name)

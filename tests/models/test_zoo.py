@@ -218,6 +218,9 @@ ZOO_TABLE = {
     'mask_rcnn_slim_fpn_carafe': ('mask_rcnn_carafe', 'slim', _SLIM_RCNN, 0.02),
     'mask_rcnn_x101_32x4d_fpn_carafe': ('mask_rcnn_carafe', 'x101_32x4d', {}, 0.02),
     'mask_rcnn_x50_32x4d_fpn_carafe': ('mask_rcnn_carafe', 'x50_32x4d', {}, 0.02),
+    'htc_ga_fishnet188_fpn_carafe': ('htc_ga_carafe', 'fishnet188', {}, 0.02),
+    'htc_ga_fishnet_slim_fpn_carafe': ('htc_ga_carafe', 'fishnet_slim', {'fpn_channels': 64},
+                                       0.02),
 }
 
 
