@@ -22,6 +22,7 @@ from glimpse.assign import (
     shape_targets,
     square_anchor_generator,
 )
+from glimpse.detectors.guided_anchoring import GA_RCNN
 from glimpse.heads.base import DenseHead, ImageAnchors
 from glimpse.heads.guided_anchor import (
     GAOutputs,
@@ -107,7 +108,10 @@ def test_ga_rcnn_settings():
     assert model.rpn_head.train_proposals.max_per_image == 300
     assert model.rpn_head.test_proposals.max_per_image == 300
     roi = model.roi_head
-    assert roi.train_cfgs[0].pos_iou_thr == 0.6 and roi.train_cfgs[0].num_samples == 256
+    # the slim row samples the slim recipe's 128 RoIs; mmdet's GA configs (the R-50 rows) 256
+    assert roi.train_cfgs[0].pos_iou_thr == 0.6 and roi.train_cfgs[0].num_samples == 128
+    assert GA_RCNN.train.num_samples == 256
+    assert zoo.MODELS["ga_faster_rcnn_r50_fpn"].defaults == {}
     assert roi.test_cfg.score_thr == 1e-3
     assert roi.box_heads[0].coder.stds == (0.05, 0.05, 0.1, 0.1)
     with pytest.raises(ValueError, match="anchoring"):

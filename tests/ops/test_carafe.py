@@ -243,7 +243,7 @@ def test_public_function_dispatch(monkeypatch, disable):
 def test_kernel_status_reports_what_is_built(monkeypatch):
     status = glimpse.ops.kernel_status()
     assert set(status) == {"loaded", "version", "disabled_by_env", "reason", "ops"}
-    assert set(status["ops"]) == {"carafe", "masked_conv2d"}
+    assert set(status["ops"]) == {"carafe", "masked_conv2d", "roi_align"}
     if status["loaded"]:
         assert "cpu" in status["ops"]["carafe"] and status["reason"] is None
     monkeypatch.setenv("GLIMPSE_DISABLE_EXT", "1")
