@@ -27,8 +27,8 @@ from glimpse.detectors.two_stage import (
     RCNNConfig,
     RPNConfig,
     TwoStageDetector,
-    _neck,
-    _rpn_head,
+    build_neck,
+    build_rpn_head,
 )
 from glimpse.heads.base import DenseHead
 from glimpse.heads.cascade import CASCADE_IOUS, CASCADE_STDS, CascadeRoIHead
@@ -139,9 +139,9 @@ def htc(
     """
     if not semantic and (semantic_head is not None or semantic_classes is not None):
         raise ValueError("semantic=False: semantic_head / semantic_classes would be ignored")
-    neck = _neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
-    rpn_head = _rpn_head(rpn_head=rpn_head, channels=fpn_channels, rpn_cfg=rpn_cfg,
-                         default=CASCADE_RPN)
+    neck = build_neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
+    rpn_head = build_rpn_head(rpn_head=rpn_head, channels=fpn_channels, rpn_cfg=rpn_cfg,
+                              default=CASCADE_RPN)
     roi_head = _htc_roi_head(
         roi_head=roi_head, num_classes=num_classes, channels=fpn_channels, rcnn_cfg=rcnn_cfg,
         fc_channels=fc_channels, stage_ious=stage_ious, stage_stds=stage_stds,

@@ -40,6 +40,8 @@ __all__ = [
     "RPNConfig",
     "RPN_ALONE",
     "TwoStageDetector",
+    "build_neck",
+    "build_rpn_head",
     "faster_rcnn",
     "mask_rcnn",
     "fast_rcnn",
@@ -227,8 +229,8 @@ RPN_ALONE = RPNConfig(test_proposals=ProposalConfig(nms_pre=2000, max_per_image=
 # A builder builds each part it is not given. Settings used only to build a part default to
 # None (the documented value is filled in here), so that passing the part and its settings
 # together is caught by :func:`check_part`.
-def _neck(*, neck: nn.Module | None, backbone: nn.Module, channels: int,
-          upsampler: Callable[[int], nn.Module] | None) -> nn.Module:
+def build_neck(*, neck: nn.Module | None, backbone: nn.Module, channels: int,
+               upsampler: Callable[[int], nn.Module] | None) -> nn.Module:
     """The given neck, or mmdet's Faster R-CNN FPN: C2..C5 -> P2..P6, P6 a stride-2 subsample
     of P5."""
     check_part("neck", neck, upsampler=upsampler)
@@ -238,8 +240,8 @@ def _neck(*, neck: nn.Module | None, backbone: nn.Module, channels: int,
                upsampler=upsampler)
 
 
-def _rpn_head(*, rpn_head: DenseHead | None, channels: int, rpn_cfg: RPNConfig | None,
-              default: RPNConfig) -> DenseHead:
+def build_rpn_head(*, rpn_head: DenseHead | None, channels: int, rpn_cfg: RPNConfig | None,
+                   default: RPNConfig) -> DenseHead:
     """The given proposal head, or an :class:`RPNHead` of ``rpn_cfg`` (else ``default``)."""
     check_part("rpn_head", rpn_head, rpn_cfg=rpn_cfg)
     if rpn_head is not None:
@@ -369,9 +371,9 @@ def faster_rcnn(
             0.05, 0.1, 0.1).
         box_loss_beta: (R-CNN) SmoothL1 beta (0 = L1, v2/v3; v1 used 1).
     """
-    neck = _neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
-    rpn_head = _rpn_head(rpn_head=rpn_head, channels=fpn_channels, rpn_cfg=rpn_cfg,
-                         default=RPNConfig())
+    neck = build_neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
+    rpn_head = build_rpn_head(rpn_head=rpn_head, channels=fpn_channels, rpn_cfg=rpn_cfg,
+                              default=RPNConfig())
     roi_head = _standard_roi_head(
         roi_head=roi_head, num_classes=num_classes, channels=fpn_channels, rcnn_cfg=rcnn_cfg,
         fc_channels=fc_channels, target_stds=target_stds, box_loss_beta=box_loss_beta,
@@ -406,9 +408,9 @@ def mask_rcnn(
     Args are those of :func:`faster_rcnn`, plus ``mask_upsampler``: (R-CNN) the mask head's
     upsampler factory (None: deconv + ReLU; the CARAFE paper injects CARAFE here).
     """
-    neck = _neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
-    rpn_head = _rpn_head(rpn_head=rpn_head, channels=fpn_channels, rpn_cfg=rpn_cfg,
-                         default=RPNConfig())
+    neck = build_neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
+    rpn_head = build_rpn_head(rpn_head=rpn_head, channels=fpn_channels, rpn_cfg=rpn_cfg,
+                              default=RPNConfig())
     roi_head = _standard_roi_head(
         roi_head=roi_head, num_classes=num_classes, channels=fpn_channels, rcnn_cfg=rcnn_cfg,
         fc_channels=fc_channels, target_stds=target_stds, box_loss_beta=box_loss_beta,
@@ -439,7 +441,7 @@ def fast_rcnn(
 
     Args are those of :func:`faster_rcnn` without the RPN ones.
     """
-    neck = _neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
+    neck = build_neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
     roi_head = _standard_roi_head(
         roi_head=roi_head, num_classes=num_classes, channels=fpn_channels, rcnn_cfg=rcnn_cfg,
         fc_channels=fc_channels, target_stds=target_stds, box_loss_beta=box_loss_beta,
@@ -474,9 +476,9 @@ def rpn(
 
     Other args are those of :func:`faster_rcnn`.
     """
-    neck = _neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
-    rpn_head = _rpn_head(rpn_head=rpn_head, channels=fpn_channels, rpn_cfg=rpn_cfg,
-                         default=RPN_ALONE)
+    neck = build_neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
+    rpn_head = build_rpn_head(rpn_head=rpn_head, channels=fpn_channels, rpn_cfg=rpn_cfg,
+                              default=RPN_ALONE)
     return _detector(backbone=backbone, neck=neck, rpn_head=rpn_head, roi_head=None,
                      image_scale=image_scale, size_divisor=size_divisor)
 
@@ -517,9 +519,9 @@ def cascade_rcnn(
 
     Other args are those of :func:`faster_rcnn`.
     """
-    neck = _neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
-    rpn_head = _rpn_head(rpn_head=rpn_head, channels=fpn_channels, rpn_cfg=rpn_cfg,
-                         default=CASCADE_RPN)
+    neck = build_neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
+    rpn_head = build_rpn_head(rpn_head=rpn_head, channels=fpn_channels, rpn_cfg=rpn_cfg,
+                              default=CASCADE_RPN)
     roi_head = _cascade_roi_head(
         roi_head=roi_head, num_classes=num_classes, channels=fpn_channels, rcnn_cfg=rcnn_cfg,
         fc_channels=fc_channels, stage_ious=stage_ious, stage_stds=stage_stds,
@@ -556,9 +558,9 @@ def cascade_mask_rcnn(
 
     Args are those of :func:`cascade_rcnn`, plus ``mask_upsampler`` (see :func:`mask_rcnn`).
     """
-    neck = _neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
-    rpn_head = _rpn_head(rpn_head=rpn_head, channels=fpn_channels, rpn_cfg=rpn_cfg,
-                         default=CASCADE_RPN)
+    neck = build_neck(neck=neck, backbone=backbone, channels=fpn_channels, upsampler=upsampler)
+    rpn_head = build_rpn_head(rpn_head=rpn_head, channels=fpn_channels, rpn_cfg=rpn_cfg,
+                              default=CASCADE_RPN)
     roi_head = _cascade_roi_head(
         roi_head=roi_head, num_classes=num_classes, channels=fpn_channels, rcnn_cfg=rcnn_cfg,
         fc_channels=fc_channels, stage_ious=stage_ious, stage_stds=stage_stds,
