@@ -14,6 +14,10 @@ Examples::
     python -m glimpse evaluate --ann instances_val2017.json --results segm.json --iou-type segm
     python -m glimpse test mask_rcnn_r50_fpn --checkpoint mask_rcnn_r50_fpn_1x_coco.pth \
         --image-dir data/coco/val2017 --ann instances_val2017.json --out results.json
+    python -m glimpse test rpn_slim_fpn --checkpoint runs/rpn/last.pt --image-scale 128,128 \
+        --image-dir I --ann A --out rpn.json --proposals-out rpn_val.pt
+    python -m glimpse train fast_rcnn_slim_fpn --data synthetic-smoke --proposals rpn_train.pt \
+        --val-proposals rpn_val.pt --max-iters 20 --work-dir runs/fast
     python -m glimpse reproduce --paper codebase --profile smoke
     python -m glimpse bench carafe --quick
     python -m glimpse data check --image-dir data/coco/val2017 --ann instances_val2017.json
@@ -65,6 +69,29 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+# RPN-type zoo families (scored by proposal recall, write proposal files) and the Fast R-CNN
+# families (read them)
+_RPN_DETECTORS = ("rpn", "ga_rpn")
+_FAST_RCNN_DETECTORS = ("fast_rcnn", "ga_fast_rcnn")
+
+
+def _detector_of(model: str) -> str:
+    from glimpse import zoo
+
+    return zoo.MODELS[model].detector if model in zoo.MODELS else ""
+
+
+def _check_proposal_options(model: str, reads: Path | None, option: str) -> None:
+    """Fast R-CNN models need a proposal file; the others take none."""
+    fast = _detector_of(model) in _FAST_RCNN_DETECTORS
+    if fast and reads is None:
+        raise CommandError(f"{model} is a Fast R-CNN: it needs {option} PATH (a proposal file "
+                           f"written by `glimpse test <rpn model> --proposals-out`)", status=2)
+    if not fast and reads is not None:
+        raise CommandError(f"{option} is for Fast R-CNN models (fast_rcnn_*, ga_fast_rcnn_*), "
+                           f"not {model}", status=2)
+
+
 # ------------------------------------------------------------------------------------ train
 
 
@@ -97,6 +124,11 @@ def _add_train(sub) -> None:
                         "checkpoints/iter_<N>.pt when last.pt is broken)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation on the val split")
     p.add_argument("--eval-batch-size", type=int, default=1)
+    p.add_argument("--proposals", type=Path, default=None, metavar="PATH",
+                   help="Fast R-CNN: proposal file of the train split (the best 300 per image "
+                        "are used; glimpse.data.proposals)")
+    p.add_argument("--val-proposals", type=Path, default=None, metavar="PATH",
+                   help="Fast R-CNN: proposal file of the val split (all are used)")
     p.set_defaults(run=_train)
 
 
@@ -118,12 +150,17 @@ def _train(args: argparse.Namespace) -> int:
                            f"{', '.join(zoo.names())}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CommandError("--device cuda was asked for but no CUDA device is available")
+    _check_proposal_options(args.model, args.proposals, "--proposals")
+    if not args.no_eval:
+        _check_proposal_options(args.model, args.val_proposals, "--val-proposals")
     options = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
     cfg = TrainConfig(**{**options, "base_lr": zoo.base_lr(args.model)})
-    train_set = build_dataset(args.data, split="train", data_root=args.data_root, train=True)
+    train_set = build_dataset(args.data, split="train", data_root=args.data_root, train=True,
+                              proposals=args.proposals)
     val_set = None
     if not args.no_eval:
-        val_set = build_dataset(args.data, split="val", data_root=args.data_root, train=False)
+        val_set = build_dataset(args.data, split="val", data_root=args.data_root, train=False,
+                                proposals=args.val_proposals)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     model = zoo.build(args.model, num_classes=len(train_set.class_names),
@@ -135,7 +172,7 @@ def _train(args: argparse.Namespace) -> int:
     if val_set is None:
         return 0
     # proposal networks are scored by average recall, detectors by AP
-    iou_types = ("proposal",) if zoo.MODELS[args.model].detector == "rpn" else None
+    iou_types = ("proposal",) if _detector_of(args.model) in _RPN_DETECTORS else None
     metrics = evaluate_detector(model, val_set, device=next(model.parameters()).device,
                                 iou_types=iou_types, batch_size=args.eval_batch_size)
     text = json.dumps(metrics, indent=2, sort_keys=True)
@@ -154,7 +191,9 @@ def _add_evaluate(sub) -> None:
         description="COCO bbox / segm AP or proposal AR of a COCO results file, printed as "
                     "JSON on stdout.")
     p.add_argument("--ann", required=True, help="COCO annotation JSON (ground truth)")
-    p.add_argument("--results", required=True, help="COCO results JSON")
+    p.add_argument("--results", required=True,
+                   help="COCO results JSON (with --iou-type proposal also a glimpse proposal "
+                        "file, .pt)")
     p.add_argument("--iou-type", choices=("bbox", "segm", "proposal"), default="bbox")
     p.add_argument("--img-ids", default=None,
                    help="comma-separated image ids to restrict the evaluation to")
@@ -184,7 +223,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     no_area = [a.get("id") for a in data["annotations"] if "area" not in a]
     if no_area:  # COCOeval sorts ground truth into size ranges by it
         raise CommandError(f"{os.fspath(args.ann)}: annotation {no_area[0]} has no 'area'")
-    results = load_results(args.results, args.iou_type)
+    if args.iou_type == "proposal" and Path(args.results).suffix.lower() != ".json":
+        results = _proposal_file_results(args.results)
+    else:
+        results = load_results(args.results, args.iou_type)
     coco_gt = coco_from_dict(data)
     try:
         if args.iou_type == "proposal":
@@ -195,6 +237,18 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise CommandError(f"{os.fspath(args.results)}: {e}") from None
     print(json.dumps(metrics, sort_keys=True))
     return 0
+
+
+def _proposal_file_results(path: str | os.PathLike) -> list[dict]:
+    """A glimpse proposal file as COCO results rows (category 1), for proposal recall."""
+    from glimpse.data.proposals import read_proposals
+
+    rows = []
+    for image_id, props in read_proposals(path).proposals.items():
+        for x1, y1, x2, y2, score in props.tolist():
+            rows.append({"image_id": image_id, "category_id": 1,
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+    return rows
 
 
 # ------------------------------------------------------------------------------------ test
@@ -220,12 +274,21 @@ def _add_test(sub) -> None:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="unpickle objects beyond tensors (only for files you trust)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--image-scale", default=None, metavar="LONG,SHORT",
+                   help="resize bound (default: the model's, 1333,800; slim models trained on "
+                        "synthetic data: 128,128 or 256,256)")
+    p.add_argument("--proposals", type=Path, default=None, metavar="PATH",
+                   help="Fast R-CNN: proposal file of these images (all are used)")
+    p.add_argument("--proposals-out", type=Path, default=None, metavar="PATH",
+                   help="RPN models: also write every proposal per image to PATH (.pt, "
+                        "glimpse.data.proposals format, the model and checkpoint recorded) for "
+                        "Fast R-CNN to read")
     p.set_defaults(run=_test)
 
 
 def _test(args: argparse.Namespace) -> int:
     from glimpse import checkpoints, zoo
-    from glimpse.data import CocoDetection
+    from glimpse.data import CocoDetection, with_proposals
     from glimpse.engine.coco_eval import evaluate_to_file
 
     if args.model not in zoo.MODELS:
@@ -235,13 +298,20 @@ def _test(args: argparse.Namespace) -> int:
         raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}", status=2)
     if args.score_thr is not None and not 0.0 <= args.score_thr < 1.0:
         raise CommandError(f"--score-thr must lie in [0, 1), got {args.score_thr}", status=2)
+    is_rpn = _detector_of(args.model) in _RPN_DETECTORS
+    if args.proposals_out is not None and not is_rpn:
+        raise CommandError(f"--proposals-out is for RPN models (rpn_*, ga_rpn_*), not "
+                           f"{args.model}", status=2)
+    _check_proposal_options(args.model, args.proposals, "--proposals")
+    scale = {} if args.image_scale is None else {"image_scale": _image_scale(args.image_scale)}
     dataset = CocoDetection(args.image_dir, args.ann, with_masks=False)
+    if args.proposals is not None:
+        dataset = with_proposals(dataset, args.proposals, limit=None)
     ckpt = checkpoints.read_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
     label_to_cat_id = _label_to_cat_id(ckpt, dataset, checkpoints.class_names_of(ckpt))
-    model = zoo.build(args.model, len(label_to_cat_id), checkpoint=ckpt)
+    model = zoo.build(args.model, len(label_to_cat_id), checkpoint=ckpt, **scale)
     if args.score_thr is not None:
         _set_score_threshold(model, args.score_thr)
-    is_rpn = zoo.MODELS[args.model].detector == "rpn"
     iou_types = ("proposal",) if is_rpn else ("bbox", "segm") if "mask" in args.model \
         else ("bbox",)
     metrics = evaluate_to_file(model, dataset, args.out, device=args.device,
@@ -250,8 +320,41 @@ def _test(args: argparse.Namespace) -> int:
                                progress=not args.no_progress)
     if metrics is not None:  # rank 0
         print(f"results: {args.out}", file=sys.stderr)
+        if args.proposals_out is not None:
+            _write_proposal_file(args, model, dataset)
+            print(f"proposals: {args.proposals_out}", file=sys.stderr)
         print(json.dumps(metrics, sort_keys=True))
     return 0
+
+
+def _image_scale(text: str) -> tuple[int, int]:
+    try:
+        long, short = (int(v) for v in text.split(","))
+    except ValueError:
+        raise CommandError(f"--image-scale must be LONG,SHORT (two integers), got {text!r}",
+                           status=2) from None
+    if long < 1 or short < 1:
+        raise CommandError(f"--image-scale must be positive, got {text!r}", status=2)
+    return long, short
+
+
+def _write_proposal_file(args: argparse.Namespace, model, dataset) -> None:
+    """The RPN's proposals of every image (read back from the results JSON just written, which
+    holds all of them) as a glimpse proposal file recording what produced them."""
+    import dataclasses
+
+    from glimpse.data.proposals import proposals_from_results, write_proposals
+    from glimpse.engine.coco_eval import load_results
+
+    proposals = proposals_from_results(load_results(args.out, "proposal"), dataset.ids)
+    head_cfg = getattr(model.rpn_head, "test_proposals", None)
+    meta = {"model": args.model, "checkpoint": os.fspath(args.checkpoint),
+            "image_dir": os.fspath(args.image_dir), "ann": os.fspath(args.ann),
+            "image_scale": list(model.preprocessor.image_scale),
+            "test_proposals": dataclasses.asdict(head_cfg)
+            if dataclasses.is_dataclass(head_cfg) else None,
+            "written_by": "python -m glimpse test"}
+    write_proposals(args.proposals_out, proposals, meta)
 
 
 def _set_score_threshold(model, score_thr: float) -> None:
@@ -354,7 +457,7 @@ def _add_bench(sub) -> None:
         "bench", help="benchmarks: ratios against a baseline in the same run",
         description="Time glimpse against a baseline in the same run and write the ratios "
                     "under results/bench/ (machines are noisy; only same-run ratios count).")
-    benches = p.add_subparsers(dest="bench", metavar="{carafe,detectors,masked_conv}")
+    benches = p.add_subparsers(dest="bench", metavar="{carafe,detectors,masked_conv,ga}")
     p.set_defaults(run=lambda args: _print_help(p))
 
     c = benches.add_parser(
@@ -405,8 +508,25 @@ def _add_bench(sub) -> None:
     m.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
     m.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     m.add_argument("--quick", action="store_true", help="P5 only (a smoke test); writes nothing")
+    m.add_argument("--densities", default=None, metavar="D,D,...",
+                   help="comma-separated kept fractions in (0, 1] (default 0.01,0.05,0.1,0.25,"
+                        "0.5,1); finer steps around 0.5 measure the break-even")
     m.add_argument("--no-write", action="store_true", help="print only")
     m.set_defaults(run=_bench_masked_conv)
+
+    g = benches.add_parser(
+        "ga", help="GA-RPN against RPN inference time (guided anchoring)",
+        description="RPN and GA-RPN inference on one image, same run, interleaved: slim at "
+                    "256x256 and R-50 at 800x1216, random weights, GA-RPN keeping 29.4%% of "
+                    "the locations (the paper's loc_filter_thr 0.01) and all of them (see "
+                    "glimpse.bench.ga).")
+    g.add_argument("--repeats", type=int, default=5, help="timed runs per side (median)")
+    g.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    g.add_argument("--backbones", nargs="+", default=["slim", "r50"], choices=["slim", "r50"])
+    g.add_argument("--quick", action="store_true",
+                   help="R-50 at 384x576 (a smoke test); writes nothing")
+    g.add_argument("--no-write", action="store_true", help="print only")
+    g.set_defaults(run=_bench_ga)
 
 
 def _bench_carafe(args: argparse.Namespace) -> int:
@@ -466,18 +586,54 @@ def _bench_masked_conv(args: argparse.Namespace) -> int:
 
     from glimpse.bench import masked_conv as bench
     from glimpse.ops import kernel_status
+    from glimpse.ops.masked_conv import DENSE_ABOVE_DENSITY
     from glimpse.report import write_bench
 
     if args.repeats < 1 or args.threads < 1:
         raise CommandError("--repeats and --threads must be >= 1", 2)
+    densities = bench.DENSITIES
+    if args.densities is not None:
+        try:
+            densities = tuple(float(d) for d in args.densities.split(",") if d.strip())
+        except ValueError:
+            raise CommandError(f"--densities must be comma-separated numbers, got "
+                               f"{args.densities!r}", 2) from None
+        if not densities or any(not 0 < d <= 1 for d in densities):
+            raise CommandError(f"--densities must lie in (0, 1], got {args.densities!r}", 2)
     levels = bench.QUICK_LEVELS if args.quick else bench.GA_RPN_LEVELS
-    df = bench.run(levels, repeats=args.repeats, threads=args.threads)
+    df = bench.run(levels, densities, repeats=args.repeats, threads=args.threads)
     compiled = "cpu" in kernel_status()["ops"].get("masked_conv2d", [])
     print(df.round(3).to_string(index=False))
+    crossings = bench.break_even(df)
+    print("kernel/dense break-even density per level (NaN: not crossed in the measured range):")
+    print(crossings.round(3).to_string(index=False))
+    print(f"masked_conv2d takes the dense path above a kept fraction of {DENSE_ABOVE_DENSITY} "
+          "(glimpse.ops.masked_conv.DENSE_ABOVE_DENSITY)")
     if not args.no_write and not args.quick:
         machine = {"threads": args.threads, "repeats": args.repeats, "compiled": compiled,
-                   "torch": torch.__version__, "device": "cpu"}
+                   "torch": torch.__version__, "device": "cpu",
+                   "dense_above_density": DENSE_ABOVE_DENSITY,
+                   "break_even": {r.level: (None if r.break_even != r.break_even
+                                            else round(r.break_even, 3))
+                                  for r in crossings.itertuples()}}
         print(f"wrote {write_bench('masked_conv', df, machine=machine)}")
+    return 0
+
+
+def _bench_ga(args: argparse.Namespace) -> int:
+    import torch
+
+    from glimpse.bench import ga as bench
+    from glimpse.report import write_bench
+
+    if args.repeats < 1 or args.threads < 1:
+        raise CommandError("--repeats and --threads must be >= 1", 2)
+    df = bench.run(args.backbones, repeats=args.repeats, threads=args.threads, quick=args.quick)
+    print(df.round(3).to_string(index=False))
+    if not args.no_write and not args.quick:
+        machine = {"threads": args.threads, "repeats": args.repeats,
+                   "torch": torch.__version__, "device": "cpu"}
+        print(f"wrote {write_bench('ga', df, machine=machine)}")
     return 0
 
 

@@ -10,6 +10,7 @@ from glimpse.data.build import (
 )
 from glimpse.data.coco import CocoDetection, DatasetError, collate
 from glimpse.data.places import InpaintingImages
+from glimpse.data.proposals import ProposalFile, read_proposals, with_proposals, write_proposals
 from glimpse.data.synthetic import SEMANTIC_CLASSES, THING_CLASSES, ensure_synthetic, generate
 
 __all__ = [
@@ -20,6 +21,10 @@ __all__ = [
     "DATASET_NAMES",
     "INPAINTING_DATASET_NAMES",
     "InpaintingImages",
+    "ProposalFile",
+    "read_proposals",
+    "with_proposals",
+    "write_proposals",
     "SEGMENTATION_DATASET_NAMES",
     "SegmentationFolder",
     "ade20k",

@@ -11,7 +11,9 @@ coco128            the first 128 COCO train2017 images, split by image id      (
 =================  ==========================================================  ==============
 
 Training datasets (``train=True``) flip horizontally with probability 0.5 and skip images
-without a usable instance; evaluation datasets do neither.
+without a usable instance; evaluation datasets do neither. ``proposals=PATH`` (detection sets)
+attaches a proposal file's boxes to every target for Fast R-CNN: the best
+:data:`~glimpse.data.proposals.TRAIN_PROPOSALS` (300) per image in training, all at evaluation.
 
 COCO128 has no validation set, so glimpse fixes one: with the images sorted by id, the last
 :data:`COCO128_NUM_VAL` (16: ids 590 .. 650) are ``val`` and the other 112 are ``train``. Both
@@ -54,6 +56,7 @@ from pathlib import Path
 from glimpse.data.ade20k import SegmentationFolder, ade20k
 from glimpse.data.coco import CocoDetection, DatasetError, load_coco_json
 from glimpse.data.places import PLACES365_SPLITS, InpaintingImages
+from glimpse.data.proposals import TRAIN_PROPOSALS, with_proposals
 from glimpse.data.synthetic import PROFILES, SEMANTIC_CLASSES, ensure_synthetic
 from glimpse.data.transforms import Compose, RandomHorizontalFlip, RandomShortSideResize
 
@@ -94,7 +97,8 @@ def _require(path: Path, what: str, name: str) -> Path:
 
 
 def build_dataset(name: str, *, split: str = "train", data_root: str | os.PathLike | None = None,
-                  train: bool = True, with_masks: bool = True
+                  train: bool = True, with_masks: bool = True,
+                  proposals: str | os.PathLike | None = None
                   ) -> CocoDetection | SegmentationFolder | InpaintingImages:
     """Build one of :data:`DATASET_NAMES`, :data:`SEGMENTATION_DATASET_NAMES` or
     :data:`INPAINTING_DATASET_NAMES`.
@@ -109,6 +113,8 @@ def build_dataset(name: str, *, split: str = "train", data_root: str | os.PathLi
             cache root instead of ``<repo>/data/generated``.
         train: training pipeline (random flip, skip images without instances) or evaluation.
         with_masks: decode instance masks.
+        proposals: a proposal file (:mod:`glimpse.data.proposals`) of this split's images,
+            for Fast R-CNN (detection sets only).
 
     Returns:
         a :class:`CocoDetection` (segmentation: :class:`SegmentationFolder`) with ``.name`` and
@@ -119,6 +125,8 @@ def build_dataset(name: str, *, split: str = "train", data_root: str | os.PathLi
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(known)}")
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if proposals is not None and name not in DATASET_NAMES:
+        raise ValueError(f"proposals: only detection datasets take proposals, not {name!r}")
     if name in SEGMENTATION_DATASET_NAMES:
         return _segmentation_dataset(name, split, data_root, train)
     if name in INPAINTING_DATASET_NAMES:
@@ -149,6 +157,8 @@ def build_dataset(name: str, *, split: str = "train", data_root: str | os.PathLi
     ds.name = name
     ds.split = split
     ds.default_image_scale = _IMAGE_SCALES[name]
+    if proposals is not None:
+        ds = with_proposals(ds, proposals, limit=TRAIN_PROPOSALS if train else None)
     return ds
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
 import warnings
@@ -43,7 +42,6 @@ __all__ = [
     "load_image",
     "decode_segmentation",
     "segmentation_problem",
-    "load_proposals",
     "rle_decode",
 ]
 
@@ -332,58 +330,6 @@ def _valid_segmentation(segm: Any) -> bool:
     return isinstance(segm, dict) and "counts" in segm and "size" in segm
 
 
-def load_proposals(path: str | os.PathLike) -> dict[int, Tensor]:
-    """Read precomputed proposals: ``{image_id: float32[P, 4] xyxy}``, best first.
-
-    Two formats are accepted:
-
-    * a ``torch.save`` file of ``{image_id: Tensor[P, 4 or 5]}`` (xyxy, optional 5th column
-      score; mmdetection's proposal pickles are [P, 5]). This is what glimpse's RPN writes;
-    * a COCO results JSON, ``[{"image_id", "bbox": [x, y, w, h], "score"}, ...]``, sorted here by
-      descending score per image.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: proposals file not found")
-    out: dict[int, Tensor] = {}
-    if path.suffix.lower() == ".json":
-        try:
-            with open(path, "rb") as f:
-                rows = json.load(f)
-        except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
-            raise DatasetError(f"{path}: cannot read proposals JSON ({e})") from None
-        if not isinstance(rows, list):
-            raise DatasetError(f"{path}: proposals JSON must be a list of COCO results")
-        per_image: dict[int, list[tuple[float, list[float]]]] = {}
-        for i, r in enumerate(rows):
-            try:
-                x, y, w, h = (float(v) for v in r["bbox"])
-                per_image.setdefault(int(r["image_id"]), []).append(
-                    (float(r.get("score", 0.0)), [x, y, x + w, y + h]))
-            except (KeyError, TypeError, ValueError):
-                raise DatasetError(f"{path}: proposal #{i} needs image_id and a 4-number bbox"
-                                   ) from None
-        for img_id, items in per_image.items():
-            items.sort(key=lambda t: -t[0])
-            out[img_id] = torch.tensor([b for _, b in items], dtype=torch.float32).view(-1, 4)
-        return out
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file
-        raise DatasetError(f"{path}: cannot read proposals file ({e})") from None
-    if not isinstance(obj, dict):
-        raise DatasetError(f"{path}: expected a dict {{image_id: Tensor[P, 4]}}")
-    for k, v in obj.items():
-        v = torch.as_tensor(v, dtype=torch.float32)
-        if v.dim() != 2 or v.shape[1] not in (4, 5):
-            raise DatasetError(f"{path}: proposals of image {k} have shape {tuple(v.shape)}, "
-                               f"expected [P, 4] or [P, 5]")
-        if v.shape[1] == 5:
-            v = v[v[:, 4].argsort(descending=True, stable=True), :4]
-        out[int(k)] = v.contiguous()
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # The dataset
 # ----------------------------------------------------------------------------------------------
@@ -411,7 +357,8 @@ class CocoDetection(torch.utils.data.Dataset):
             ``stuffthingmaps/train2017``); 255 is ignore.
         skip_empty: drop images without any valid non-crowd instance (training; mmdetection's
             ``filter_empty_gt``). Evaluation keeps them.
-        proposals_file: precomputed proposals, see :func:`load_proposals`.
+        proposals_file: precomputed proposals of every image, all of them in the targets (see
+            :mod:`glimpse.data.proposals`; an image without any is an error naming its id).
         image_ids: restrict the dataset to these image ids (a fixed split); ``.coco`` keeps the
             whole file so COCOeval can use it with ``params.imgIds = dataset.ids``.
 
@@ -422,6 +369,9 @@ class CocoDetection(torch.utils.data.Dataset):
         class_names: names of labels 1..K (index 0 is label 1).
         sem_seg_classes: names of the semantic map values, when the JSON has
             ``semantic_categories`` (synthetic sets), else None.
+        proposals, max_proposals: the :class:`~glimpse.data.proposals.ProposalFile` whose
+            ``max_proposals`` best boxes per image go into the targets (None: no proposals;
+            set by :func:`glimpse.data.proposals.attach_proposals`).
         name, split, default_image_scale: set by :func:`glimpse.data.build_dataset`.
     """
 
@@ -480,7 +430,13 @@ class CocoDetection(torch.utils.data.Dataset):
             ids = [i for i in ids if len(self._instances[i][1])]
         self.ids: list[int] = ids
 
-        self.proposals = load_proposals(proposals_file) if proposals_file is not None else None
+        self.proposals = None
+        self.max_proposals: int | None = None
+        if proposals_file is not None:
+            # imported here: glimpse.data.proposals imports this module
+            from glimpse.data.proposals import attach_proposals
+
+            attach_proposals(self, proposals_file, limit=None)
 
     @property
     def num_classes(self) -> int:
@@ -571,7 +527,7 @@ class CocoDetection(torch.utils.data.Dataset):
         if self.sem_seg_dir is not None:
             target["sem_seg"] = self._load_sem_seg(info)
         if self.proposals is not None:
-            target["proposals"] = self.proposals.get(int(img_id), torch.zeros((0, 4))).clone()
+            target["proposals"] = self.proposals.boxes(int(img_id), self.max_proposals)
         return target
 
     def _load_sem_seg(self, info: dict) -> Tensor:

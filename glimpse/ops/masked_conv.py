@@ -3,7 +3,9 @@
 A stride-1 convolution evaluated only at output pixels where ``mask > 0``, with zeros elsewhere
 (mmcv's MaskedConv2d): functionally ``conv2d(features) * (mask > 0)``, but the compiled kernel's
 cost scales with the number of selected pixels, which the guided-anchor location branch keeps
-small. Unlike mmcv's, it takes any batch size and has gradients.
+small. Unlike mmcv's, it takes any batch size and has gradients. Above
+:data:`DENSE_ABOVE_DENSITY` kept pixels on CPU the dense convolution followed by the selection is
+faster than the kernel, so :func:`masked_conv2d` takes that path there (same result).
 """
 
 from __future__ import annotations
@@ -14,7 +16,18 @@ from torch import Tensor
 
 from glimpse.ops import _ext
 
-__all__ = ["masked_conv2d", "masked_conv2d_ref"]
+__all__ = ["DENSE_ABOVE_DENSITY", "masked_conv2d", "masked_conv2d_ref"]
+
+# Fraction of kept output pixels above which the dense conv2d + selection beats the compiled CPU
+# kernel (256 channels, 3x3, one thread, GA-RPN's P2..P6 maps of an 800x1216 image). Measured with
+#   ../shared/tools/cpu-slot python -m glimpse bench masked_conv --densities \
+#       0.3,0.35,0.4,0.45,0.5,0.55,0.6,0.7 --no-write
+# which prints the kernel/dense crossing per level ("break_even"). Four runs on this 2-core
+# machine (the other core training) put it between 0.35 and 0.66 per level, median about 0.5
+# (P3 and P5 lowest, about 0.45). 0.45, the low end, keeps the kernel off where it loses; above
+# it, on levels that break even later, dense costs up to ~10% more than the kernel would have.
+# Only the CPU kernel was measured; CUDA always runs its kernel.
+DENSE_ABOVE_DENSITY = 0.45
 
 
 def _pair(padding: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -104,8 +117,15 @@ def masked_conv2d(
     padding: int | tuple[int, int] = 0,
 ) -> Tensor:
     """Masked convolution: compiled kernel (cost ~ number of masked pixels) when built for this
-    device and dtype, else :func:`masked_conv2d_ref`. Same arguments, result and gradients."""
+    device and dtype, else :func:`masked_conv2d_ref`. Same arguments, result and gradients.
+
+    On CPU, when more than :data:`DENSE_ABOVE_DENSITY` of the output pixels are kept, the
+    reference (dense convolution, then selection) runs instead: it is faster there.
+    """
     mask, padding = _prepare(features, mask, weight, bias, padding)
-    if _ext.available("masked_conv2d", features.device.type, features.dtype):
+    dense_is_faster = (features.device.type == "cpu" and mask.numel() > 0
+                       and int(torch.count_nonzero(mask > 0)) > DENSE_ABOVE_DENSITY * mask.numel())
+    if not dense_is_faster and _ext.available("masked_conv2d", features.device.type,
+                                              features.dtype):
         return torch.ops.glimpse.masked_conv2d(features, mask, weight, bias, list(padding))
     return masked_conv2d_ref(features, mask, weight, bias, padding)

@@ -5,11 +5,16 @@ Three tables, paper value beside the measured one (with profile and seeds on eve
 
 * :func:`proposal_table`: AR100/300/1000 and AR_S/M/L of RPN, GA-RPN without feature adaption
   and GA-RPN (paper: ``results/guided_anchoring/paper/proposals.csv``);
-* :func:`detection_table`: AP, AP50, AP75, AP_S/M/L of Faster R-CNN vs GA-Faster R-CNN and
-  RetinaNet vs GA-RetinaNet (``paper/detection.csv``; the Fast R-CNN pair needs proposal files
-  and is not run by any profile yet);
-* :func:`claim_table`: does the claim hold at this scale? GA-RPN vs RPN AR1000 and GA-Faster vs
-  Faster AP, paired by seed (:func:`glimpse.papers.runner.compare_paired`).
+* :func:`detection_table`: AP, AP50, AP75, AP_S/M/L of Fast R-CNN vs GA-Fast R-CNN, Faster
+  R-CNN vs GA-Faster R-CNN and RetinaNet vs GA-RetinaNet (``paper/detection.csv``);
+* :func:`claim_table`: does the claim hold at this scale? GA-RPN vs RPN AR1000, GA-Faster vs
+  Faster AP and (when run) GA-Fast vs Fast AP, paired by seed
+  (:func:`glimpse.papers.runner.compare_paired`).
+
+The Fast R-CNN pair (``GAConfig.fast_rcnn``, on at ``cpu``) trains one Fast R-CNN per seed on
+the proposals of that seed's RPN and one on GA-RPN's (:func:`write_run_proposals`: every
+training and validation image, written next to the RPN's run), the same detector on two
+proposal sets, as the paper compares them.
 
 The "90% fewer anchors" claim is measured (:func:`anchor_count_table`): RPN scores
 ``A = 3`` anchors at every location, GA-RPN one anchor at each location whose location score
@@ -21,6 +26,7 @@ the right shape centred on the feature grid could do.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import os
@@ -40,6 +46,7 @@ from glimpse.papers.runner import (
     Variant,
     coco_metrics,
     compare_paired,
+    run_dir,
     run_variants,
     zoo_train_config,
 )
@@ -73,15 +80,19 @@ __all__ = [
     "run_experiments",
     "threshold_sweep",
     "variants",
+    "write_run_proposals",
 ]
 
 PAPER = "guided_anchoring"
 
 PROPOSAL_METHODS = ("RPN", "GA-RPN w/o F.A.", "GA-RPN")
-DETECTION_PAIRS = (("Faster R-CNN", "GA-Faster R-CNN"), ("RetinaNet", "GA-RetinaNet"))
-# (baseline, variant, metric, paper's difference): the claims checked by seed pairs
+DETECTION_PAIRS = (("Fast R-CNN", "GA-Fast R-CNN"), ("Faster R-CNN", "GA-Faster R-CNN"),
+                   ("RetinaNet", "GA-RetinaNet"))
+# (baseline, variant, metric, paper's difference): the claims checked by seed pairs (a claim
+# whose variants did not run is left out of the table)
 CLAIMS = (("RPN", "GA-RPN", "AR1000", 68.5 - 59.4),
-          ("Faster R-CNN", "GA-Faster R-CNN", "box_AP", 39.8 - 37.1))
+          ("Faster R-CNN", "GA-Faster R-CNN", "box_AP", 39.8 - 37.1),
+          ("Fast R-CNN", "GA-Fast R-CNN", "box_AP", 39.4 - 37.1))
 PROPOSAL_METRICS = ("AR100", "AR300", "AR1000", "AR_S", "AR_M", "AR_L")
 DETECTION_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 RPN_ANCHORS_PER_LOCATION = 3  # ratios 0.5 / 1 / 2, one scale (mmdet RPN)
@@ -95,7 +106,11 @@ _FAMILIES: dict[str, tuple[str, bool]] = {
     "GA-Faster R-CNN": ("ga_faster_rcnn", True),
     "RetinaNet": ("retinanet", False),
     "GA-RetinaNet": ("ga_retinanet", False),
+    "Fast R-CNN": ("fast_rcnn", True),
+    "GA-Fast R-CNN": ("ga_fast_rcnn", True),
 }
+# Fast R-CNN variant -> the proposal network whose proposals (same seed) it trains and tests on
+_PROPOSAL_SOURCE = {"Fast R-CNN": "RPN", "GA-Fast R-CNN": "GA-RPN"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,6 +142,7 @@ class GAConfig:
         deterministic: deterministic algorithms and one thread on CPU (nbval repeats the run).
         dry_run: only resolve and build the models (``full`` without COCO or GPUs).
         reuse_finished: reuse finished runs of the same spec (see :mod:`glimpse.papers.runner`).
+        fast_rcnn: also run the Fast R-CNN pair on RPN / GA-RPN proposal files (every seed).
     """
 
     profile: str
@@ -148,15 +164,17 @@ class GAConfig:
     deterministic: bool = True
     dry_run: bool = False
     reuse_finished: bool = False
+    fast_rcnn: bool = False
 
 
 # smoke: slim models on 128 px shapes, 100 steps of 2 images; the deformable convolution's CPU
 # backward makes a GA step about 4x an RPN step, so this is what fits in a few minutes.
-# cpu: 256 px shapes, three seeds (not run yet). full: the paper's R-50 1x recipe on COCO.
+# cpu: 256 px shapes, three seeds, with the Fast R-CNN pair (not run yet). full: the paper's R-50
+# 1x recipe on COCO.
 PROFILES: dict[str, GAConfig] = {
     "smoke": GAConfig("smoke", "synthetic-smoke"),
     "cpu": GAConfig("cpu", "synthetic-cpu", seeds=(0, 1, 2), max_iters=1500, batch_size=4,
-                    warmup_iters=200, reuse_finished=True),
+                    warmup_iters=200, reuse_finished=True, fast_rcnn=True),
     "full": GAConfig("full", "coco", backbone="r50", max_iters=87960, batch_size=2,
                      lr_two_stage=None, lr_retinanet=None, warmup_iters=500,
                      eval_batch_size=2, deterministic=False, dry_run=True),
@@ -248,16 +266,25 @@ def run_experiments(cfg: GAConfig, data: tuple[Any, Any] | None, *,
     (seeded, resumable under ``work_dir``, deterministic on CPU when ``cfg.deterministic``).
     GA models test at ``cfg.loc_filter_thr``.
 
+    A Fast R-CNN variant runs after its proposal network (which then also runs, for the same
+    seeds): each seed's RPN writes the proposal files the Fast R-CNN of that seed reads
+    (:func:`write_run_proposals`).
+
     Args:
         cfg: resolved configuration (nothing runs when ``cfg.dry_run``).
         data: ``(train, val)`` datasets (unused, may be None, when ``cfg.dry_run``).
-        names: run only these variants (default: all).
+        names: run only these variants (default: all, the Fast R-CNN pair only with
+            ``cfg.fast_rcnn``).
         verbose: one line per run.
     """
-    names = list(_FAMILIES) if names is None else list(names)
+    if names is None:
+        names = [n for n in _FAMILIES if cfg.fast_rcnn or n not in _PROPOSAL_SOURCE]
+    names = list(names)
     unknown = sorted(set(names) - set(_FAMILIES))
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {list(_FAMILIES)}")
+    sources = {_PROPOSAL_SOURCE[n] for n in names if n in _PROPOSAL_SOURCE}
+    names = [n for n in _FAMILIES if n in names or n in sources]  # sources run first
     if cfg.dry_run:
         return GARuns(pd.DataFrame(), {})
     if data is None:
@@ -265,8 +292,14 @@ def run_experiments(cfg: GAConfig, data: tuple[Any, Any] | None, *,
     all_variants = variants(cfg, data[0].default_image_scale)
     models: dict[str, nn.Module] = {}
 
+    proposal_files: dict[tuple[str, int], tuple[str, str]] = {}
+
     def keep(run: Any) -> None:
         name = run.record.variant
+        if name in sources:
+            _set_loc_filter_thr(run.model, cfg.loc_filter_thr)
+            proposal_files[name, run.record.seed] = write_run_proposals(
+                run, data, cfg, overwrite=not run.reused)
         first = (cfg.seeds if _FAMILIES[name][1] else (cfg.seed,))[0]
         if run.record.seed == cfg.seed or (cfg.seed not in cfg.seeds and run.record.seed == first):
             _set_loc_filter_thr(run.model, cfg.loc_filter_thr)
@@ -281,12 +314,59 @@ def run_experiments(cfg: GAConfig, data: tuple[Any, Any] | None, *,
     for name in names:
         paired = _FAMILIES[name][1]
         seeds = cfg.seeds if paired else (cfg.seed,)
-        frames.append(run_variants(
-            [all_variants[name]], data[0], data[1], seeds, work_root=_work_dir(cfg),
-            on_run=keep, device=cfg.device, evaluate=_GAEvaluator(cfg, name),
-            max_eval_images=cfg.max_eval_images, deterministic=cfg.deterministic,
-            reuse=cfg.reuse_finished))
+        options = dict(work_root=_work_dir(cfg), on_run=keep, device=cfg.device,
+                       evaluate=_GAEvaluator(cfg, name), max_eval_images=cfg.max_eval_images,
+                       deterministic=cfg.deterministic, reuse=cfg.reuse_finished)
+        if name not in _PROPOSAL_SOURCE:
+            frames.append(run_variants([all_variants[name]], data[0], data[1], seeds,
+                                       **options))
+            continue
+        for seed in seeds:  # each seed reads its own RPN's proposals
+            variant = dataclasses.replace(
+                all_variants[name], proposals=proposal_files[_PROPOSAL_SOURCE[name], seed])
+            frames.append(run_variants([variant], data[0], data[1], (seed,), **options))
     return GARuns(pd.concat(frames, ignore_index=True), models)
+
+
+@torch.no_grad()
+def write_run_proposals(run: Any, data: tuple[Any, Any], cfg: GAConfig, *,
+                        overwrite: bool = True) -> tuple[str, str]:
+    """Write the proposals of a trained RPN / GA-RPN run on every training and validation
+    image (no flip, all of them) as ``proposals_{train,val}.pt`` in the run's directory under
+    the profile's work dir (:mod:`glimpse.data.proposals`; the variant, model, seed and
+    ``loc_filter_thr`` recorded).
+
+    Args:
+        run: a :class:`~glimpse.papers.runner.TrainedRun` of a proposal network.
+        data: ``(train, val)`` datasets.
+        overwrite: rewrite files that exist (a reused run keeps the files it wrote).
+
+    Returns:
+        the two paths ``(train, val)``.
+    """
+    from glimpse.data.proposals import write_proposals
+    from glimpse.engine.coco_eval import iter_inference
+
+    folder = run_dir(_work_dir(cfg), run.record.variant, run.record.seed)
+    paths = []
+    for split, dataset in zip(("train", "val"), data):
+        path = folder / f"proposals_{split}.pt"
+        paths.append(str(path))
+        if path.is_file() and not overwrite:
+            continue
+        plain = copy.copy(dataset)
+        plain.transforms = None  # the training set's flip would move the proposals
+        found = {image_id: torch.cat((det["boxes"], det["scores"][:, None]), 1)
+                 for image_id, det in iter_inference(run.model, plain, device=cfg.device,
+                                                     batch_size=cfg.eval_batch_size,
+                                                     progress=False)}
+        meta = {"variant": run.record.variant, "model": run.record.model,
+                "seed": run.record.seed, "checkpoint": run.record.checkpoint,
+                "loc_filter_thr": cfg.loc_filter_thr, "data": cfg.data, "split": split,
+                "ann": str(getattr(dataset, "ann_file", "")),
+                "written_by": "glimpse.papers.guided_anchoring.write_run_proposals"}
+        write_proposals(path, found, meta)
+    return paths[0], paths[1]
 
 
 class _GAEvaluator:
@@ -389,7 +469,10 @@ def claim_table(cfg: GAConfig, runs: pd.DataFrame) -> pd.DataFrame:
     """Table 3: each claim of :data:`CLAIMS` by :func:`~glimpse.papers.runner.compare_paired`
     over the seeds both variants ran, with the paper's difference beside the measured one."""
     frames = []
+    ran = set(runs["variant"]) if "variant" in runs else set()
     for baseline, variant, metric, paper_diff in CLAIMS:
+        if baseline in _PROPOSAL_SOURCE and not {baseline, variant} <= ran:
+            continue  # the Fast R-CNN pair runs only with GAConfig.fast_rcnn
         table = compare_paired(runs, baseline, variant, [metric])
         table.insert(3, "paper_diff", paper_diff)
         frames.append(table)

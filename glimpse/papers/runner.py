@@ -94,18 +94,25 @@ class Variant:
         train: the training schedule; its ``seed`` is replaced by the run's seed.
         model_kwargs: keywords of the zoo builder (e.g. ``image_scale``); must be empty for a
             factory.
+        proposals: a Fast R-CNN's proposal files ``(train split, val split)``
+            (:mod:`glimpse.data.proposals`): it trains on the best 300 per image and is
+            evaluated on all; ``None`` for every other model.
     """
 
     name: str
     model: str | Callable[[], nn.Module]
     train: TrainConfig
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    proposals: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("Variant.name must be a non-empty string")
         if not isinstance(self.model, str) and self.model_kwargs:
             raise ValueError(f"Variant {self.name!r}: model_kwargs only apply to a zoo name")
+        if self.proposals is not None and len(self.proposals) != 2:
+            raise ValueError(f"Variant {self.name!r}: proposals must be (train file, val file), "
+                             f"got {self.proposals!r}")
 
     @property
     def model_name(self) -> str:
@@ -226,6 +233,10 @@ def _prepare(seed: int, deterministic: bool, device: str) -> None:
         torch.set_num_threads(1)
 
 
+def _file_sha1(path: str | Path) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
 def _spec(variant: Variant, train: TrainConfig, train_set: Dataset, val_set: Dataset,
           evaluate: Evaluator) -> dict[str, Any]:
     """What identifies a run: reusing a manifest needs every entry equal."""
@@ -234,13 +245,16 @@ def _spec(variant: Variant, train: TrainConfig, train_set: Dataset, val_set: Dat
         digest = hashlib.sha1(",".join(map(str, ids)).encode()).hexdigest() if ids else None
         return {"type": type(ds).__name__, "len": len(ds), "ids_sha1": digest}
 
-    # a JSON round trip, so the spec compares equal to one read back from disk
-    return json.loads(json.dumps({
+    spec = {
         "variant": variant.name, "model": variant.model_name,
         "model_kwargs": {k: repr(v) for k, v in sorted(variant.model_kwargs.items())},
         "train": dataclasses.asdict(train), "train_set": data(train_set),
         "val_set": data(val_set), "evaluate": getattr(evaluate, "__qualname__", type(evaluate).__qualname__),
-    }))
+    }
+    if variant.proposals is not None:  # only then: the specs of other runs stay as they were
+        spec["proposals"] = [{"path": str(p), "sha1": _file_sha1(p)} for p in variant.proposals]
+    # a JSON round trip, so the spec compares equal to one read back from disk
+    return json.loads(json.dumps(spec))
 
 
 def read_manifest(work_dir: str | Path, spec: Mapping[str, Any] | None = None
@@ -285,7 +299,8 @@ def train_and_evaluate(
 ) -> TrainedRun:
     """Train ``variant`` with ``seed`` on ``train_set`` and evaluate it on ``val_set``.
 
-    Seeded as the module docstring says; neither dataset is modified.
+    Seeded as the module docstring says; neither dataset is modified (a Fast R-CNN variant's
+    proposals go into copies of them).
 
     Args:
         work_dir: the run's directory (checkpoints, ``log.jsonl``, spec and manifest);
@@ -298,6 +313,11 @@ def train_and_evaluate(
             unfinished one from its checkpoint; ``False`` always trains from scratch.
     """
     evaluate = evaluate or coco_metrics()
+    if variant.proposals is not None:
+        from glimpse.data.proposals import TRAIN_PROPOSALS, with_proposals
+
+        train_set = with_proposals(train_set, variant.proposals[0], limit=TRAIN_PROPOSALS)
+        val_set = with_proposals(val_set, variant.proposals[1], limit=None)
     val_set = first_images(val_set, max_eval_images)
     train = dataclasses.replace(variant.train, seed=seed)
     num_classes = len(getattr(train_set, "class_names", None) or [])

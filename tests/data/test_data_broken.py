@@ -229,11 +229,12 @@ def test_semantic_maps_and_proposals(tiny_coco):
     Image.fromarray(sem).save(sem_dir / "a.png")
     Image.fromarray(np.zeros((16, 20), np.uint8)).save(sem_dir / "b.png")
     props_pt = tiny_coco.root / "props.pt"
-    torch.save({7: torch.tensor([[0., 0., 5., 5., 0.2], [1., 1., 9., 9., 0.9]])}, props_pt)
+    torch.save({7: torch.tensor([[0., 0., 5., 5., 0.2], [1., 1., 9., 9., 0.9]]),
+                3: torch.zeros(0, 5)}, props_pt)
     props_json = tiny_coco.root / "props.json"
-    props_json.write_text(json.dumps([
-        {"image_id": 7, "bbox": [0, 0, 5, 5], "score": 0.2},
-        {"image_id": 7, "bbox": [1, 1, 8, 8], "score": 0.9}]))
+    rows = [{"image_id": 7, "bbox": [0, 0, 5, 5], "score": 0.2},
+            {"image_id": 7, "bbox": [1, 1, 8, 8], "score": 0.9}]
+    props_json.write_text(json.dumps(rows + [{"image_id": 3, "bbox": [0, 0, 2, 2], "score": 0}]))
     for props in (props_pt, props_json):
         ds = _load(tiny_coco, sem_seg_dir=sem_dir, proposals_file=props)
         _, target = ds[ds.ids.index(7)]
@@ -243,7 +244,11 @@ def test_semantic_maps_and_proposals(tiny_coco):
         torch.testing.assert_close(target["proposals"],
                                    torch.tensor([[1., 1., 9., 9.], [0., 0., 5., 5.]]))
         _, other = ds[ds.ids.index(3)]
-        assert other["proposals"].shape == (0, 4)
+        assert other["proposals"].shape == ((0, 4) if props == props_pt else (1, 4))
+    # an image the file does not hold is an error naming it (a results JSON has no empty images)
+    props_json.write_text(json.dumps(rows))
+    with pytest.raises(DatasetError, match="no proposals for image id 3"):
+        _load(tiny_coco, proposals_file=props_json)
     Image.fromarray(np.zeros((16, 21), np.uint8)).save(sem_dir / "b.png")
     ds = _load(tiny_coco, sem_seg_dir=sem_dir)
     with pytest.raises(DatasetError, match=r"b\.png \(image id 3\): map is 16x21"):

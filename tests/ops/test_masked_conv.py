@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -147,3 +149,30 @@ def test_cuda_matches_cpu(dtype):
                         weight.to("cuda", dtype), bias.to("cuda", dtype), 1)
     tol = {torch.float16: 5e-2, torch.bfloat16: 3e-1}.get(dtype, 1e-5)
     torch.testing.assert_close(got.double().cpu(), expected, atol=tol * 10, rtol=tol)
+
+
+def test_dense_path_above_the_break_even(monkeypatch):
+    """Above DENSE_ABOVE_DENSITY kept pixels (CPU) the dense conv + selection runs: same result
+    and gradients; at or below it the kernel (when built) or the reference runs."""
+    from glimpse.ops import masked_conv as module
+
+    assert 0.0 < module.DENSE_ABOVE_DENSITY < 1.0
+    calls = []
+    reference = module.masked_conv2d_ref
+    monkeypatch.setattr(module, "masked_conv2d_ref",
+                        lambda *a, **k: calls.append(1) or reference(*a, **k))
+    x = torch.randn(1, 3, 10, 10, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    keep = math.floor(module.DENSE_ABOVE_DENSITY * 100)  # the most pixels still on the kernel
+    for kept, dense in ((keep, False), (keep + 1, True)):
+        calls.clear()
+        mask = torch.zeros(100, dtype=torch.bool)
+        mask[torch.randperm(100)[:kept]] = True
+        mask = mask.view(1, 10, 10)
+        out = module.masked_conv2d(x, mask, weight, None, 1)
+        torch.testing.assert_close(out, F.conv2d(x, weight, padding=1) * mask[:, None])
+        compiled = module._ext.available("masked_conv2d", "cpu", torch.float64)
+        assert bool(calls) == (dense or not compiled)
+        if dense:
+            assert torch.autograd.gradcheck(
+                lambda a, b: module.masked_conv2d(a, mask, b, None, 1), (x, weight))

@@ -4,6 +4,7 @@ the GA-RPN w/o F.A. flag, and a 2-iteration dry run of the smoke experiment."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import matplotlib
@@ -124,7 +125,7 @@ def test_variants_share_the_schedule():
     cfg = ga.resolve("smoke", device="cpu")
     vs = ga.variants(cfg, (128, 128))
     assert list(vs) == [*ga.PROPOSAL_METHODS, "Faster R-CNN", "GA-Faster R-CNN", "RetinaNet",
-                        "GA-RetinaNet"]
+                        "GA-RetinaNet", "Fast R-CNN", "GA-Fast R-CNN"]
     assert {v.train.max_iters for v in vs.values()} == {cfg.max_iters}
     assert vs["GA-RPN w/o F.A."].model_kwargs["feature_adaption"] is False
     assert vs["RetinaNet"].train.lr == 0.01 and vs["GA-Faster R-CNN"].train.lr == 0.02
@@ -170,7 +171,7 @@ def test_smoke_dry_run_two_iterations(tmp_path):
     assert props.set_index(["method", "metric"]).loc[("GA-RPN w/o F.A.", "AR1000"),
                                                      "seeds"] == "0"
     det = ga.detection_table(cfg, out.runs)  # detectors not run: measured is NaN
-    assert len(det) == 4 * 6 and det["measured"].isna().all()
+    assert len(det) == 6 * 6 and det["measured"].isna().all()
 
     model = out.models["GA-RPN"]
     image, target = ga.pick_example(val)
@@ -197,3 +198,48 @@ def test_smoke_dry_run_two_iterations(tmp_path):
                                (train, val), names=["RPN"], verbose=False)
     assert again.runs["reused"].all()
     assert list(again.models) == ["RPN"]  # seed 7 is not paired: the first paired seed's model
+
+
+def test_claim_table_leaves_out_the_fast_pair_unless_run():
+    cfg = ga.resolve("smoke", device="cpu")
+    runs = pd.DataFrame({"variant": ["RPN", "GA-RPN", "Faster R-CNN", "GA-Faster R-CNN"],
+                         "seed": [0] * 4, "AR1000": [1.0, 2.0, math.nan, math.nan],
+                         "box_AP": [math.nan, math.nan, 3.0, 4.0]})
+    assert len(ga.claim_table(cfg, runs)) == 2
+    fast = pd.DataFrame({"variant": ["Fast R-CNN", "GA-Fast R-CNN"], "seed": [0, 0],
+                         "box_AP": [1.0, 2.0]})
+    table = ga.claim_table(cfg, pd.concat([runs, fast], ignore_index=True))
+    assert table.iloc[-1][["baseline", "variant"]].tolist() == ["Fast R-CNN", "GA-Fast R-CNN"]
+    assert table.iloc[-1]["paper_diff"] == pytest.approx(2.3)
+    assert ga.resolve("cpu", device="cpu").fast_rcnn and not cfg.fast_rcnn
+
+
+def test_ga_fast_rcnn_trains_on_its_ga_rpn_proposals(tmp_path):
+    """GA-Fast R-CNN runs after GA-RPN of the same seed, on the proposal files it wrote."""
+    from glimpse.data import CocoDetection, ensure_synthetic, read_proposals
+    from glimpse.data.transforms import RandomHorizontalFlip
+
+    cfg = ga.resolve("smoke", device="cpu", max_iters=2, warmup_iters=1, seeds=[0],
+                     max_eval_images=2, work_dir=str(tmp_path))
+    sets = []
+    for split, train in (("train", True), ("val", False)):
+        paths = ensure_synthetic("synthetic-smoke", split)
+        ids = sorted(im["id"] for im in json.loads(paths.ann_file.read_text())["images"])
+        ds = CocoDetection(paths.image_dir, paths.ann_file, image_ids=ids[:6], with_masks=False,
+                           transforms=RandomHorizontalFlip(0.5) if train else None,
+                           skip_empty=train)
+        ds.default_image_scale = (128, 128)
+        sets.append(ds)
+    out = ga.run_experiments(cfg, tuple(sets), names=["GA-Fast R-CNN"], verbose=False)
+    assert out.runs["variant"].tolist() == ["GA-RPN", "GA-Fast R-CNN"]
+    assert {"box_AP", "AR1000"} <= set(out.runs.columns)
+    run_dir = tmp_path / "GA-RPN" / "seed0"
+    for split, ds in zip(("train", "val"), sets):
+        source = read_proposals(run_dir / f"proposals_{split}.pt")
+        assert set(source.proposals) == set(ds.ids)
+        assert (source.meta["variant"], source.meta["seed"]) == ("GA-RPN", 0)
+        assert source.meta["loc_filter_thr"] == cfg.loc_filter_thr
+    spec = (tmp_path / "GA-Fast_R-CNN" / "seed0" / "spec.json").read_text()
+    assert "proposals_train.pt" in spec and "sha1" in spec
+    det = ga.detection_table(cfg, out.runs).set_index(["method", "metric"])
+    assert det.loc[("GA-Fast R-CNN", "AP"), "seeds"] == "0"
