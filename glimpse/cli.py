@@ -97,6 +97,9 @@ def _add_train(sub) -> None:
                         "checkpoints/iter_<N>.pt when last.pt is broken)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation on the val split")
     p.add_argument("--eval-batch-size", type=int, default=1)
+    p.add_argument("--image-scale", type=int, nargs=2, metavar=("LONG", "SHORT"), default=None,
+                   help="(long, short) edge bound of the model's resize (default: the "
+                        "dataset's, e.g. 640 640 for coco128)")
     p.set_defaults(run=_train)
 
 
@@ -118,6 +121,9 @@ def _train(args: argparse.Namespace) -> int:
                            f"{', '.join(zoo.names())}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CommandError("--device cuda was asked for but no CUDA device is available")
+    if args.image_scale is not None and min(args.image_scale) < 1:
+        raise CommandError(f"--image-scale must be two positive ints, got {args.image_scale}",
+                           status=2)
     options = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
     cfg = TrainConfig(**{**options, "base_lr": zoo.base_lr(args.model)})
     train_set = build_dataset(args.data, split="train", data_root=args.data_root, train=True)
@@ -126,8 +132,8 @@ def _train(args: argparse.Namespace) -> int:
         val_set = build_dataset(args.data, split="val", data_root=args.data_root, train=False)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
-    model = zoo.build(args.model, num_classes=len(train_set.class_names),
-                      image_scale=train_set.default_image_scale)
+    image_scale = tuple(args.image_scale or train_set.default_image_scale)
+    model = zoo.build(args.model, num_classes=len(train_set.class_names), image_scale=image_scale)
     result = fit(model, train_set, cfg, args.work_dir, device=args.device, resume=args.resume)
     if result.last_checkpoint is None:  # ranks > 0 under torchrun: rank 0 evaluates
         return 0
