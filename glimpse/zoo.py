@@ -39,6 +39,7 @@ from glimpse.backbones.fishnet import (
     fishnet188_backbone,
     fishnet_slim_backbone,
 )
+from glimpse.backbones.mobilenet_v2 import mobilenet_v2_backbone
 from glimpse.backbones.resnet import (
     resnet50,
     resnet101,
@@ -58,6 +59,8 @@ __all__ = [
     "CLASSIFIERS",
     "DETECTORS",
     "INPAINTERS",
+    "MOBILENETV2_BACKBONE_DEFAULTS",
+    "MOBILENETV2_DEFAULTS",
     "MODELS",
     "ModelSpec",
     "RESNET_BACKBONES",
@@ -108,6 +111,8 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "fishnet150": fishnet150_backbone,
     "fishnet188": fishnet188_backbone,
     "fishnet_slim": fishnet_slim_backbone,
+    # torchvision's MobileNetV2, c2..c5 = 24/32/96/1280 channels (mmdet out_indices 1, 2, 4, 7)
+    "mobilenetv2": mobilenet_v2_backbone,
 }
 
 # Options that :func:`build` routes to the backbone instead of the detector builder.
@@ -226,6 +231,30 @@ MODELS.update({f"{family}_{backbone}_fpn": _spec(family, backbone)
 DETECTORS["htc_ga_carafe"] = _lazy_builder("glimpse.detectors.composed", "htc_ga_carafe")
 MODELS.update({f"htc_ga_{backbone}_fpn_carafe": _spec("htc_ga_carafe", backbone)
                for backbone in ("fishnet188", "fishnet_slim")})
+
+# ImageNet MobileNetV2-FPN (issue 14): every family above on torchvision's ImageNet MobileNetV2,
+# loaded from the installed weights package (``pretrained="imagenet"``, sha256-checked; pass
+# ``pretrained=None`` for a random trunk). The heads take the slim recipe (they learn from
+# scratch on small data either way) on a 128-channel FPN; stem and layers 1-3 (stride <= 8, the
+# costliest backward) stay frozen with fixed BN statistics.
+MOBILENETV2_DEFAULTS: dict[str, Any] = {"fpn_channels": 128}
+MOBILENETV2_BACKBONE_DEFAULTS: dict[str, Any] = {"pretrained": "imagenet", "frozen_stages": 3,
+                                                 "norm_eval": True}
+
+
+def _mobilenetv2_name(family: str) -> str:
+    """``faster_rcnn`` -> ``faster_rcnn_mobilenetv2_fpn``; CARAFE families end in ``_carafe``."""
+    base = family.removesuffix("_carafe")
+    return f"{base}_mobilenetv2_fpn" + ("_carafe" if base != family else "")
+
+
+MODELS.update({
+    _mobilenetv2_name(family): replace(
+        _spec(family, "mobilenetv2"),
+        defaults={**MOBILENETV2_DEFAULTS, **_SLIM_FAMILY_DEFAULTS.get(family, {})},
+        backbone_defaults=dict(MOBILENETV2_BACKBONE_DEFAULTS))
+    for family in DETECTORS if family != "htc_ga_carafe"  # the composed one is FishNet's
+})
 
 # Image classifiers (``glimpse.classification.ImageClassifier``; default 1000 classes).
 CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {

@@ -39,9 +39,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
+
+from glimpse.backbones.pretrained import load_exact_state_dict, read_state_dict
 
 __all__ = [
     "BasicBlock",
@@ -265,45 +266,16 @@ class ResNet(nn.Module):
             FileNotFoundError: the file does not exist.
             ValueError: the file is not a state dict, or its keys or shapes do not match.
         """
-        path = os.fspath(path)
-        if "://" in path:
-            raise ValueError(f"pretrained must be a local file path, not a URL: {path!r}")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"pretrained backbone weights not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # corrupt or non-torch files
-            raise ValueError(f"cannot read pretrained weights {path}: {exc}") from exc
-        for wrapper in ("state_dict", "model"):
-            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-                state = state[wrapper]
-        if not isinstance(state, dict):
-            raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+        state = read_state_dict(path)
         ignored = ("running_mean", "running_var", "num_batches_tracked")
         state = {
             k: v
             for k, v in state.items()
             if not k.startswith("fc.") and not (self.norm == "gn" and k.endswith(ignored))
         }
-        own = self.state_dict()
         if self.norm == "frozen_bn":  # FrozenBatchNorm2d has no num_batches_tracked buffer
             state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(
-                f"{path} does not match this ResNet (torchvision key names expected): "
-                f"{len(missing)} missing keys {missing[:5]}, "
-                f"{len(unexpected)} unexpected keys {unexpected[:5]}"
-            )
-        wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
-        if wrong:
-            k = wrong[0]
-            raise ValueError(
-                f"{path}: {len(wrong)} tensors have the wrong shape, e.g. {k}: "
-                f"file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            )
-        self.load_state_dict(state)
+        load_exact_state_dict(self, state, path, "ResNet (torchvision key names expected)")
 
     def _stage_modules(self, index: int) -> list[nn.Module]:
         if index == 0:

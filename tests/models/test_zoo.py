@@ -60,7 +60,9 @@ def test_parameter_counts_match_mmdet(name):
     assert _count(model) == MMDET_PARAMS[name]
 
 
-@pytest.mark.parametrize("name", [n for n in zoo.names() if "_slim_fpn" not in n])
+# (the MobileNetV2 rows load the weights package by default: tests/models/test_mobilenet_v2.py)
+@pytest.mark.parametrize("name", [n for n in zoo.names()
+                                  if "_slim_fpn" not in n and "_mobilenetv2_" not in n])
 def test_every_full_size_name_builds(name):
     with torch.device("meta"):
         model = zoo.build(name, num_classes=7)
@@ -225,7 +227,8 @@ ZOO_TABLE = {
 
 
 def test_zoo_table_is_pinned():
-    assert sorted(zoo.MODELS) == sorted(ZOO_TABLE)
+    # the MobileNetV2 rows carry backbone defaults and are pinned in test_mobilenet_v2.py
+    assert sorted(n for n in zoo.MODELS if "_mobilenetv2_" not in n) == sorted(ZOO_TABLE)
     for name, (detector, backbone, defaults, lr) in ZOO_TABLE.items():
         spec = zoo.MODELS[name]
         assert (spec.detector, spec.backbone, spec.defaults, spec.backbone_defaults,
