@@ -103,7 +103,8 @@ def _add_train(sub) -> None:
     p.add_argument("--eval-batch-size", type=int, default=1)
     p.add_argument("--recipe", choices=("csail", "mmseg_512x512_80k"), default=None,
                    help="segmentors only: the schedule of glimpse.engine.train_dense."
-                        "SEGMENTATION_RECIPES (options given here override it)")
+                        "SEGMENTATION_RECIPES (options given here override it) and its "
+                        "augmentation (glimpse.data.transforms.segmentation_train_pipeline)")
     p.set_defaults(run=_train)
 
 
@@ -167,6 +168,8 @@ def _train_dense(args: argparse.Namespace) -> int:
 
     from glimpse import zoo
     from glimpse.data import build_dataset
+    from glimpse.data.build import INPAINTING_DATASET_NAMES, SEGMENTATION_DATASET_NAMES
+    from glimpse.data.transforms import segmentation_train_pipeline
     from glimpse.engine import dense_eval, train_dense
     from glimpse.io import atomic_write
 
@@ -185,11 +188,14 @@ def _train_dense(args: argparse.Namespace) -> int:
                                    train=split == "train")
               for split in (("train",) if args.no_eval else ("train", "val"))}
     if segmentor != hasattr(splits["train"], "num_classes"):
-        kind = "segmentation" if segmentor else "inpainting"
-        raise CommandError(f"--data {args.data!r} is not a {kind} dataset (model {args.model!r})",
-                           status=2)
+        names = SEGMENTATION_DATASET_NAMES if segmentor else INPAINTING_DATASET_NAMES
+        raise CommandError(f"--data {args.data!r} does not fit model {args.model!r}; use one of "
+                           f"{', '.join(names)}", status=2)
     torch.manual_seed(options.get("seed", 0))
     if segmentor:
+        if args.recipe is not None:  # the recipe's augmentation replaces the dataset's
+            splits["train"] = copy.copy(splits["train"])
+            splits["train"].transforms = segmentation_train_pipeline(args.recipe)
         base = train_dense.SEGMENTATION_RECIPES.get(args.recipe, train_dense.SegTrainConfig())
         cfg = dataclasses.replace(base, **options)
         model = zoo.build(args.model, num_classes=splits["train"].num_classes)

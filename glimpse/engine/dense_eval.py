@@ -29,7 +29,7 @@ def evaluate_segmentation(model: nn.Module, dataset, *, batch_size: int = 1,
     meter = SegmentationMeter(dataset.num_classes,
                               ignore_index=getattr(dataset, "ignore_index", 255))
     model.eval()
-    device = next(model.parameters()).device
+    device = _device_of(model)
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     for start in range(0, n, batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, n))]
@@ -71,6 +71,12 @@ class InpaintingMeter:
         return out
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    """Where the model's first parameter lives (CPU for a model without parameters)."""
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def _psnr(pred: Tensor, target: Tensor) -> float:
     mse = ((pred - target) ** 2).mean().item()
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
@@ -87,7 +93,7 @@ def evaluate_inpainting(model: nn.Module, dataset, *, batch_size: int = 8,
         items = [dataset[i] for i in range(start, min(start + batch_size, n))]
         images = torch.stack([im for im, _ in items])
         masks = torch.stack([m for _, m in items])
-        device = next(model.parameters()).device
+        device = _device_of(model)
         completed = model(images.to(device), masks.to(device))["completed"]
         meter.update(completed, images, masks)
     return meter.compute()

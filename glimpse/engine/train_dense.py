@@ -6,14 +6,16 @@ optimiser). These models need other schedules, so they have this loop, which kee
 files and guarantees: ``WORK_DIR/log.jsonl`` (one line per iteration), ``config.json``,
 ``checkpoints/iter_<N>.pt`` and ``last.pt`` written atomically (readable by
 :func:`~glimpse.engine.train.load_checkpoint`: ``model``, ``iteration``, plus ``optimizers``
-and ``rng``), ``resume=True`` continuing exactly from ``last.pt``, the seeded data order of
+and ``rng``), ``resume=True`` continuing exactly from ``last.pt`` (from the newest intact
+``iter_<N>.pt`` when ``last.pt`` is broken), the seeded data order of
 :class:`~glimpse.engine.distributed.ShardedBatchSampler`, and :class:`NonFiniteLossError`
 before a non-finite loss touches the weights. One process (no DDP), no AMP.
 
 * :func:`fit_segmentor`: SGD (momentum 0.9), poly lr ``(lr - min_lr) (1 - t/T)^power +
   min_lr`` (:func:`poly_lr`). :data:`SEGMENTATION_RECIPES`: ``"csail"`` (the paper's UperNet:
   lr 0.02, batch 16, weight decay 1e-4, 20 epochs of 5,000 iterations) and
-  ``"mmseg_512x512_80k"`` (lr 0.01, weight decay 5e-4, eta_min 1e-4, 80k iterations).
+  ``"mmseg_512x512_80k"`` (lr 0.01, weight decay 5e-4, eta_min 1e-4, 80k iterations); their
+  augmentation is :func:`glimpse.data.transforms.segmentation_train_pipeline`.
 * :func:`fit_global_local`: mmediting's Global&Local phases (Adam 4e-4 for the generator and
   the discriminators): the generator alone with the L1 hole loss before ``completion_iters``
   (mmediting ``iter_tc``), the discriminators alone until ``disc_iters`` (``iter_td``), then
@@ -31,6 +33,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,14 +245,15 @@ def _to(obj: Any, device: torch.device) -> Any:
 
 
 def _loss_total(outputs: dict[str, Tensor], iteration: int) -> tuple[Tensor, dict[str, float]]:
-    """Sum of the ``loss_*`` entries and their floats; raises before any backward when one is
-    not finite."""
+    """Sum of the ``loss_*`` entries, and every entry as a float (the others are logged
+    diagnostics, as in ``fit``); raises before any backward when a loss is not finite."""
     losses = {k: v for k, v in outputs.items() if k.startswith("loss_")}
     if not losses:
         raise ValueError(f"the model returned no 'loss_*' keys: {sorted(outputs)}")
     total = torch.stack([v.float() for v in losses.values()]).sum()
-    values = {k: float(v.detach()) for k, v in losses.items()}
-    if not all(map(math.isfinite, [*values.values(), float(total.detach())])):
+    values = {k: float(torch.as_tensor(v).detach()) for k, v in outputs.items()}
+    if not all(math.isfinite(values[k]) for k in losses) or not math.isfinite(float(
+            total.detach())):
         raise NonFiniteLossError(iteration + 1, values)
     return total, values
 
@@ -280,10 +284,24 @@ class _DenseLoop:
         return path
 
     def _resume(self) -> tuple[int, list[dict[str, float]]]:
-        path = self.work_dir / LAST_CHECKPOINT
-        if not path.is_file():
+        """Load ``last.pt``, else (truncated or corrupt) the newest intact ``iter_<N>.pt``;
+        (0, []) without any checkpoint."""
+        numbered = sorted((self.work_dir / CHECKPOINT_DIR).glob("iter_*.pt"), reverse=True,
+                          key=lambda p: int(p.stem.split("_")[1]) if p.stem[5:].isdigit() else -1)
+        candidates = [p for p in [self.work_dir / LAST_CHECKPOINT, *numbered] if p.is_file()]
+        if not candidates:
             return 0, []
-        ckpt = load_checkpoint(path)
+        broken = []
+        for path in candidates:
+            try:
+                ckpt = load_checkpoint(path)
+                break
+            except CheckpointError as exc:
+                broken.append(str(exc))
+        else:
+            raise CheckpointError(f"no intact checkpoint in {self.work_dir}: {broken[0]}")
+        if broken:
+            warnings.warn(f"resuming from {path}; skipped {'; '.join(broken)}", stacklevel=4)
         if set(ckpt.get("optimizers", {})) != set(self.optimizers):
             raise CheckpointError(f"{path}: written by another training loop (optimizers "
                                   f"{sorted(ckpt.get('optimizers', {}))})")

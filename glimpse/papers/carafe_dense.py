@@ -275,6 +275,11 @@ def _run_one(cfg: DenseExperiment, variant: DenseVariant, seed: int, data: dict[
     task = variant.task
     train, val = data[f"{task}_train"], data[f"{task}_val"]
     kwargs = dict(variant.kwargs)
+    if task == "segmentation" and cfg.seg_recipe:  # the recipe's augmentation
+        from glimpse.data.transforms import segmentation_train_pipeline
+
+        train = copy.copy(train)
+        train.transforms = segmentation_train_pipeline(cfg.seg_recipe)
     if task == "inpainting":
         kind = zoo.inpainter_mask_kind(variant.model)
         train, val = _with_masks(train, kind), _with_masks(val, kind)
