@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from glimpse import zoo
 from glimpse.papers import carafe_dense as cd
 
 matplotlib.use("Agg")
@@ -45,6 +46,11 @@ def test_variants():
     assert by_name["upernet_carafe_ppm"].kwargs == {"ppm_upsampler": "carafe"}
     assert by_name["upernet_carafe"].model == "upernet_slim_carafe"
     assert not by_name["pspnet"].paired and by_name["pconv_carafe"].paired
+    # Global&Local trains and is evaluated on box holes, Partial Conv on free-form ones
+    assert zoo.inpainter_mask_kind("global_local_slim_carafe") == "box"
+    assert zoo.inpainter_mask_kind("pconv") == "free_form"
+    with pytest.raises(KeyError, match="unknown inpainting model 'upernet_slim'"):
+        zoo.inpainter_mask_kind("upernet_slim")
 
 
 def _runs(rows: dict[str, list[dict[str, float]]]) -> pd.DataFrame:
