@@ -101,8 +101,12 @@ def _add_train(sub) -> None:
         description="Train a zoo model with the mmdetection 1x recipe (SGD, warm-up, steps at "
         "8/12 and 11/12 of --max-iters), then evaluate it on the val split. Writes "
         "WORK_DIR/log.jsonl, config.json, checkpoints/iter_<N>.pt, last.pt and metrics.json, "
-        "and prints the metrics as JSON.")
-    p.add_argument("model", help="a name from glimpse.zoo.names(), e.g. faster_rcnn_slim_fpn")
+        "and prints the metrics as JSON. Segmentors (SGD, poly lr; --recipe) and inpainters "
+        "(Global&Local's generator/discriminator phases, Partial Conv's two stages) train with "
+        "glimpse.engine.train_dense and are scored by mIoU / pixel accuracy or L1 / PSNR / "
+        "SSIM.")
+    p.add_argument("model", help="a name from glimpse.zoo.names(), e.g. faster_rcnn_slim_fpn, "
+                   "or a segmentor / inpainter (zoo.segmentor_names(), zoo.inpainter_names())")
     p.add_argument("--data", required=True, help="dataset name for glimpse.data.build_dataset")
     p.add_argument("--data-root", default=None, help="where the dataset lives")
     p.add_argument("--work-dir", required=True, type=Path, help="log, checkpoints, metrics")
@@ -132,6 +136,10 @@ def _add_train(sub) -> None:
     p.add_argument("--image-scale", default=None, metavar="LONG,SHORT",
                    help="edge bounds of the model's resize (default: the dataset's, e.g. "
                         "640,640 for coco128)")
+    p.add_argument("--recipe", choices=("csail", "mmseg_512x512_80k"), default=None,
+                   help="segmentors only: the schedule of glimpse.engine.train_dense."
+                        "SEGMENTATION_RECIPES (options given here override it) and its "
+                        "augmentation (glimpse.data.transforms.segmentation_train_pipeline)")
     p.set_defaults(run=_train)
 
 
@@ -148,9 +156,13 @@ def _train(args: argparse.Namespace) -> int:
     from glimpse.engine import TrainConfig, evaluate_detector, fit
     from glimpse.io import atomic_write
 
+    if args.model in zoo.SEGMENTORS or args.model in zoo.INPAINTERS:
+        return _train_dense(args)
+    if args.recipe is not None:
+        raise CommandError("--recipe applies to segmentors only")
     if args.model not in zoo.names():
-        raise CommandError(f"unknown model {args.model!r}; known models: "
-                           f"{', '.join(zoo.names())}")
+        known = [*zoo.names(), *zoo.segmentor_names(), *zoo.inpainter_names()]
+        raise CommandError(f"unknown model {args.model!r}; known models: {', '.join(known)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CommandError("--device cuda was asked for but no CUDA device is available")
     _check_proposal_options(args.model, args.proposals, "--proposals")
@@ -179,6 +191,73 @@ def _train(args: argparse.Namespace) -> int:
     iou_types = ("proposal",) if _detector_of(args.model) in _RPN_DETECTORS else None
     metrics = evaluate_detector(model, val_set, device=next(model.parameters()).device,
                                 iou_types=iou_types, batch_size=args.eval_batch_size)
+    text = json.dumps(metrics, indent=2, sort_keys=True)
+    atomic_write(Path(args.work_dir) / "metrics.json", text + "\n")
+    print(text)
+    return 0
+
+
+# segmentors and inpainters train with glimpse.engine.train_dense's loops
+_DENSE_OPTIONS = ("max_iters", "batch_size", "checkpoint_every", "lr", "seed")
+
+
+def _train_dense(args: argparse.Namespace) -> int:
+    import copy
+    import dataclasses
+
+    import torch
+
+    from glimpse import zoo
+    from glimpse.data import build_dataset
+    from glimpse.data.build import INPAINTING_DATASET_NAMES, SEGMENTATION_DATASET_NAMES
+    from glimpse.data.transforms import segmentation_train_pipeline
+    from glimpse.engine import dense_eval, train_dense
+    from glimpse.io import atomic_write
+
+    unused = [f"--{k.replace('_', '-')}" for k in ("accumulate", "warmup_iters", "num_workers",
+                                                      "proposals", "val_proposals", "image_scale")
+              if getattr(args, k) is not None]
+    if unused:
+        raise CommandError(f"{', '.join(unused)}: not used by {args.model!r} (the dense "
+                           "loops are single-process SGD-poly / Adam)", status=2)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CommandError("--device cuda was asked for but no CUDA device is available")
+    options = {k: getattr(args, k) for k in _DENSE_OPTIONS if getattr(args, k) is not None}
+    segmentor = args.model in zoo.SEGMENTORS
+    if not segmentor and args.recipe is not None:
+        raise CommandError("--recipe applies to segmentors only", status=2)
+    splits = {split: build_dataset(args.data, split=split, data_root=args.data_root,
+                                   train=split == "train")
+              for split in (("train",) if args.no_eval else ("train", "val"))}
+    if segmentor != hasattr(splits["train"], "num_classes"):
+        names = SEGMENTATION_DATASET_NAMES if segmentor else INPAINTING_DATASET_NAMES
+        raise CommandError(f"--data {args.data!r} does not fit model {args.model!r}; use one of "
+                           f"{', '.join(names)}", status=2)
+    torch.manual_seed(options.get("seed", 0))
+    if segmentor:
+        if args.recipe is not None:  # the recipe's augmentation replaces the dataset's
+            splits["train"] = copy.copy(splits["train"])
+            splits["train"].transforms = segmentation_train_pipeline(args.recipe)
+        base = train_dense.SEGMENTATION_RECIPES.get(args.recipe, train_dense.SegTrainConfig())
+        cfg = dataclasses.replace(base, **options)
+        model = zoo.build(args.model, num_classes=splits["train"].num_classes)
+    else:
+        mask_kind = zoo.inpainter_mask_kind(args.model)
+        for split, ds in splits.items():  # G&L trains on box holes, Partial Conv on free-form
+            splits[split] = copy.copy(ds)
+            splits[split].mask_kind = mask_kind
+        size = splits["train"].image_size
+        config = train_dense.GLTrainConfig if mask_kind == "box" else train_dense.PConvTrainConfig
+        cfg = config(**options)
+        kwargs = {"image_size": size, "local_size": size // 2} if mask_kind == "box" else {}
+        model = zoo.build(args.model, **kwargs)
+    result = train_dense.fit_dense(model, splits["train"], cfg, args.work_dir,
+                                   device=args.device, resume=args.resume)
+    print(f"checkpoint: {result.last_checkpoint}", file=sys.stderr)
+    if args.no_eval:
+        return 0
+    evaluate = dense_eval.evaluate_segmentation if segmentor else dense_eval.evaluate_inpainting
+    metrics = evaluate(model, splits["val"], batch_size=args.eval_batch_size)
     text = json.dumps(metrics, indent=2, sort_keys=True)
     atomic_write(Path(args.work_dir) / "metrics.json", text + "\n")
     print(text)

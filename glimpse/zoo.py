@@ -68,6 +68,7 @@ __all__ = [
     "base_lr",
     "build",
     "build_backbone",
+    "inpainter_mask_kind",
     "inpainter_names",
     "describe",
     "methods",
@@ -312,6 +313,14 @@ INPAINTERS: dict[str, Callable[..., nn.Module]] = {
 def inpainter_names() -> list[str]:
     """Names of the inpainting models of :data:`INPAINTERS`, sorted."""
     return sorted(INPAINTERS)
+
+
+def inpainter_mask_kind(name: str) -> str:
+    """The hole masks inpainting model ``name`` trains and is evaluated on (mmediting's
+    configs): ``"box"`` for Global&Local, ``"free_form"`` for Partial Conv."""
+    if name not in INPAINTERS:
+        raise KeyError(f"unknown inpainting model {name!r}; known: {', '.join(inpainter_names())}")
+    return "box" if name.startswith("global_local") else "free_form"
 
 
 def names() -> list[str]:

@@ -24,14 +24,16 @@ __all__ = ["InpaintingMeter", "evaluate_inpainting", "evaluate_segmentation"]
 def evaluate_segmentation(model: nn.Module, dataset, *, batch_size: int = 1,
                           max_images: int | None = None) -> dict[str, float]:
     """``{"mIoU", "aAcc"}`` in [0, 1] of ``model`` (eval mode) over ``dataset`` items
-    ``(image, {"sem_seg"})``; the dataset gives ``num_classes`` and ``ignore_index``."""
+    ``(image, {"sem_seg"})`` (images go to the model's device); the dataset gives
+    ``num_classes`` and ``ignore_index``."""
     meter = SegmentationMeter(dataset.num_classes,
                               ignore_index=getattr(dataset, "ignore_index", 255))
     model.eval()
+    device = _device_of(model)
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     for start in range(0, n, batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, n))]
-        preds = model([im for im, _ in items])
+        preds = model([im.to(device) for im, _ in items])
         for pred, (_, target) in zip(preds, items):
             meter.update(pred["labels"].cpu(), target["sem_seg"])
     return meter.compute()
@@ -69,6 +71,12 @@ class InpaintingMeter:
         return out
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    """Where the model's first parameter lives (CPU for a model without parameters)."""
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def _psnr(pred: Tensor, target: Tensor) -> float:
     mse = ((pred - target) ** 2).mean().item()
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
@@ -85,5 +93,7 @@ def evaluate_inpainting(model: nn.Module, dataset, *, batch_size: int = 8,
         items = [dataset[i] for i in range(start, min(start + batch_size, n))]
         images = torch.stack([im for im, _ in items])
         masks = torch.stack([m for _, m in items])
-        meter.update(model(images, masks)["completed"], images, masks)
+        device = _device_of(model)
+        completed = model(images.to(device), masks.to(device))["completed"]
+        meter.update(completed, images, masks)
     return meter.compute()

@@ -174,9 +174,20 @@ class GlobalLocal(nn.Module):
         output, completed = self.complete(images, masks)
         if not self.training:
             return {"output": output, "completed": completed}
+        return self.generator_losses(images, masks, output, completed)
+
+    def generator_losses(self, images: Tensor, masks: Tensor, output: Tensor, completed: Tensor,
+                         *, adversarial: bool | None = None) -> dict[str, Tensor]:
+        """The generator's losses for an ``output`` / ``completed`` pair of :meth:`complete`
+        (so a training loop that also steps the discriminators runs the generator once).
+
+        Args:
+            adversarial: add ``loss_gan`` (needs discriminators); ``None``: ``self.adversarial``.
+        """
+        adversarial = self.adversarial if adversarial is None else adversarial
         losses = {"loss_l1_hole": self.loss_weights["hole"] * masked_l1_loss(output, images,
                                                                              masks)}
-        if self.adversarial and self.discriminators is not None:
+        if adversarial and self.discriminators is not None:
             logit = self._discriminate(completed, masks)
             losses["loss_gan"] = self.loss_weights["gan"] * F.binary_cross_entropy_with_logits(
                 logit, torch.ones_like(logit))
