@@ -14,6 +14,9 @@
   other detectors in ``test_mmdet_parity.py`` (same tolerances, same helpers). Slim here; R-50
   width as a ``slow`` test on ``make_fixtures.py --full DIR`` outputs
   (``GLIMPSE_MMDET_PARITY_DIR``).
+* ``mask_rcnn_carafe_padded.npz``: the same Mask R-CNN on the image cut to 250x310, which both
+  libraries pad to 256x320 (pad 64) before the backbone; test scale = the crop's size, so
+  neither resizes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import glimpse.layers.carafe as carafe_layer
 from glimpse import zoo
@@ -38,6 +42,7 @@ parity = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(parity)
 
 CARAFE_FAMILIES = ("faster_rcnn_carafe", "mask_rcnn_carafe")
+PADDED_CROP = (250, 310)  # make_fixtures.PADDED_CROP: padded to 256x320 by the pad to 64
 
 
 @pytest.mark.parametrize("op", ["compiled_or_default", "reference"])
@@ -68,6 +73,21 @@ def test_slim_carafe_models_match_mmdet(family, tmp_path):
     if not path.is_file():
         pytest.skip(f"{path} missing: regenerate with make_fixtures.py in the oracle venv")
     parity._check(parity._compare(family, np.load(path), full=False, tmp_path=tmp_path))
+
+
+def test_slim_mask_rcnn_carafe_matches_mmdet_on_a_padded_image(tmp_path, monkeypatch):
+    path = parity.FIXTURES / "mask_rcnn_carafe_padded.npz"
+    if not path.is_file():
+        pytest.skip(f"{path} missing: regenerate with make_fixtures.py in the oracle venv")
+    record = np.load(path)
+    h, w = PADDED_CROP
+    image = Image.open(parity.FIXTURES / "image.png").convert("RGB").crop((0, 0, w, h))
+    image.save(tmp_path / "image.png")  # lossless: the crop the oracle saw
+    monkeypatch.setattr(parity, "FIXTURES", tmp_path)  # _compare reads image.png from here
+    monkeypatch.setattr(parity, "SCALE", (w, h))
+    out = parity._compare("mask_rcnn_carafe", record, full=False, tmp_path=tmp_path)
+    assert record["feat_0"].shape[-2:] == (64, 80)  # mmdet's P2 of the 256x320 padded batch
+    parity._check(out)
 
 
 @pytest.mark.slow
