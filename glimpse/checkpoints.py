@@ -25,6 +25,25 @@ glimpse                                mmdetection
 
 (``[.t]``: cascade stages carry their index, Faster / Mask R-CNN's single head does not.)
 
+mmdetection's ``FPN_CARAFE`` neck (glimpse FPN with ``extra_in_top_down``) keeps its extra
+levels in the same lists as the backbone levels, and CARAFE modules inside glimpse's
+``ScaleThenCrop`` adapter lose the wrapper's name (mmcv ``CARAFEPack`` and glimpse ``CARAFE``
+name their two convs alike and share the encoder's channel layout and kernel normaliser):
+
+=============================================  ==========================================
+glimpse (FPN_CARAFE)                           mmdetection
+=============================================  ==========================================
+``neck.lateral_convs.i.*``                     ``neck.lateral_convs.i.conv.*``
+``neck.extra_convs.k.*`` (P6 conv on C5)       ``neck.lateral_convs.<levels + k>.conv.*``
+``neck.fpn_convs.i.*``                         ``neck.fpn_convs.i.conv.*``
+``neck.extra_fpn_convs.k.*``                   ``neck.fpn_convs.<levels + k>.conv.*``
+``neck.upsamplers.i.module.<conv>.*``          ``neck.upsample_modules.i.<conv>.*``
+``roi_head.mask_heads.t.upsample.<conv>.*``    ``roi_head.mask_head[.t].upsample.<conv>.*``
+=============================================  ==========================================
+
+(``<conv>``: ``channel_compressor`` or ``content_encoder`` of a CARAFE upsampler; other
+upsamplers with parameters have no mapping.)
+
 Label order: mmdetection v2+ puts the background last in the R-CNN classifier (row K of
 ``fc_cls``), glimpse first (row 0), so those rows are rotated. The class-specific regressor of
 v2+ has no background rows (``4K`` outputs, class ``k`` at rows ``4(k-1)..4k-1`` in both
@@ -63,7 +82,8 @@ from glimpse.heads.retina import RetinaHead
 from glimpse.heads.roi_mask import FCNMaskHead
 from glimpse.heads.rpn import RPNHead
 from glimpse.heads.standard import StandardRoIHead
-from glimpse.necks.fpn import FPN
+from glimpse.layers import CARAFE
+from glimpse.necks.fpn import FPN, ScaleThenCrop
 
 __all__ = [
     "CAFFE_MEAN_RGB",
@@ -213,7 +233,7 @@ def _roi_prefixes(roi_head: nn.Module) -> tuple[str, str]:
 
 def _neck_rule(neck: nn.Module, rest: str) -> str | None:
     if not isinstance(neck, FPN) or neck.extra_in_top_down:
-        return None  # FPN_CARAFE and other necks have no mapping yet
+        return None  # FPN_CARAFE: _carafe_rule; other necks have no mapping yet
     m = re.fullmatch(r"(lateral_convs|fpn_convs|extra_convs)\.(\d+)\.(\w+)", rest)
     if m is None:
         return None
@@ -235,14 +255,48 @@ def _roi_rule(roi_head: nn.Module, rest: str) -> str | None:
     head = roi_head.mask_heads[int(m.group(1))]
     if m.group(2) == "upsample.0" and not (isinstance(head, FCNMaskHead)
                                            and head._default_upsampler):
-        return None  # injected upsamplers (CARAFE) have no mapping yet
+        return None  # injected upsamplers: _carafe_rule maps CARAFE
     part = {"upsample.0": "upsample", "conv_logits": "conv_logits"}.get(
         m.group(2), m.group(2) + ".conv")
     return f"{mask_prefix.format(t=m.group(1))}.{part}.{m.group(3)}"
 
 
+_CARAFE_CONV = r"((?:channel_compressor|content_encoder)\.\w+)"
+
+
+def _carafe_rule(model: nn.Module, key: str) -> str | None:
+    """mmdet name of ``key`` in an ``FPN_CARAFE`` neck or a CARAFE mask upsampler (the table
+    in the module docstring), None for every other tensor."""
+    part, _, rest = key.partition(".")
+    neck = getattr(model, "neck", None)
+    if part == "neck" and isinstance(neck, FPN) and neck.extra_in_top_down:
+        m = re.fullmatch(r"(lateral_convs|fpn_convs|extra_convs|extra_fpn_convs)\.(\d+)\.(\w+)",
+                         rest)
+        if m is not None:
+            group, index = m.group(1), int(m.group(2))
+            if group.startswith("extra_"):  # mmdet appends the extra levels to both lists
+                group = "lateral_convs" if group == "extra_convs" else "fpn_convs"
+                index += len(neck.lateral_convs)
+            return f"neck.{group}.{index}.conv.{m.group(3)}"
+        m = re.fullmatch(rf"upsamplers\.(\d+)\.module\.{_CARAFE_CONV}", rest)
+        up = neck.upsamplers[int(m.group(1))] if m is not None else None
+        if isinstance(up, ScaleThenCrop) and isinstance(up.module, CARAFE):
+            return f"neck.upsample_modules.{m.group(1)}.{m.group(2)}"
+        return None
+    if part == "roi_head" and isinstance(model, TwoStageDetector):
+        m = re.fullmatch(rf"mask_heads\.(\d+)\.upsample\.{_CARAFE_CONV}", rest)
+        if m is not None and isinstance(model.roi_head.mask_heads[int(m.group(1))].upsample,
+                                        CARAFE):
+            mask_prefix = _roi_prefixes(model.roi_head)[1].format(t=m.group(1))
+            return f"{mask_prefix}.upsample.{m.group(2)}"
+    return None
+
+
 def _mmdet_name(model: nn.Module, key: str) -> str | None:
     """mmdet name of glimpse tensor ``key`` of ``model``, None when the part has no mapping."""
+    carafe_name = _carafe_rule(model, key)
+    if carafe_name is not None:
+        return carafe_name
     part, _, rest = key.partition(".")
     if part == "backbone":
         return key if isinstance(model.backbone, ResNet) else None

@@ -57,8 +57,10 @@ def _build(family: str, full: bool, checkpoint: Path) -> torch.nn.Module:
         kwargs.update(backbone_kwargs={"base_width": 8}, fpn_channels=16)
         if family not in ("retinanet", "rpn"):
             kwargs["fc_channels"] = 32
-    model = zoo.build(f"{family}_{'r50' if full else 'slim'}_fpn", 80, checkpoint=checkpoint,
-                      **kwargs)
+    # CARAFE families name the neck last: faster_rcnn_carafe -> faster_rcnn_slim_fpn_carafe
+    base, carafe = family.removesuffix("_carafe"), family.endswith("_carafe")
+    model = zoo.build(f"{base}_{'r50' if full else 'slim'}_fpn{'_carafe' * carafe}", 80,
+                      checkpoint=checkpoint, **kwargs)
     for head in (getattr(model, "roi_head", None), getattr(model, "head", None)):
         if head is not None:
             head.test_cfg = replace(head.test_cfg, score_thr=0.0)
