@@ -21,6 +21,12 @@ glimpse                                mmdetection
 ``roi_head.mask_heads.t.conv_logits.*`` ``roi_head.mask_head[.t].conv_logits.*``
 ``head.cls_convs.2j.*`` (RetinaNet)    ``bbox_head.cls_convs.j.conv.*`` (``reg_convs`` too)
 ``head.retina_cls/retina_reg.*``       ``bbox_head.retina_cls/retina_reg.*``
+``rpn_head.*`` / ``head.*`` (GA)       ``rpn_head.*`` / ``bbox_head.*`` (v3 GA-RPN alone:
+                                       ``bbox_head.*``), the same names: ``rpn_conv``,
+                                       ``conv_loc``, ``conv_shape``, ``feature_adaption``
+                                       (``_cls``/``_reg``) ``.conv_offset``/``.conv_adaption``,
+                                       ``conv_cls``/``conv_reg``, ``retina_cls``/``retina_reg``;
+                                       GA-RetinaNet's towers as RetinaNet's
 =====================================  ===============================================
 
 (``[.t]``: cascade stages carry their index, Faster / Mask R-CNN's single head does not.)
@@ -47,9 +53,9 @@ upsamplers with parameters have no mapping.)
 Label order: mmdetection v2+ puts the background last in the R-CNN classifier (row K of
 ``fc_cls``), glimpse first (row 0), so those rows are rotated. The class-specific regressor of
 v2+ has no background rows (``4K`` outputs, class ``k`` at rows ``4(k-1)..4k-1`` in both
-libraries), so its rows stay with their classes unchanged; RPN and RetinaNet classifiers are
-sigmoid outputs without a background and keep their layout (channel ``a*K + c``). mmdetection
-v1 checkpoints (background first, top-level ``bbox_head``) are refused: mmdetection's
+libraries), so its rows stay with their classes unchanged; RPN and RetinaNet classifiers (GA's
+too) are sigmoid outputs without a background and keep their layout (channel ``a*K + c``).
+mmdetection v1 checkpoints (background first, top-level ``bbox_head``) are refused: mmdetection's
 ``tools/model_converters/upgrade_model_version.py`` upgrades them.
 
 Caffe-style backbones (MSRA weights, ``style='caffe'``) put the stride on the first 1x1 conv
@@ -57,6 +63,12 @@ and read BGR images normalised by mean ``(103.53, 116.28, 123.675)`` and std 1. 
 always read RGB: the loader reverses the input channels of the stem conv and sets the
 preprocessor to the same mean in RGB order with std 1, which computes the same function.
 :func:`backbone_style` tells the style from the checkpoint's config text (else its file name).
+
+Guided-anchoring heads need no conversion beyond the names: mmcv's ``DeformConv2d`` and
+torchvision's ``deform_conv2d`` read the same offset layout (per offset group, per kernel tap
+``(dy, dx)``; offset group ``g`` moves input channels ``g C/G..(g+1) C/G - 1``) and the same
+``[C_out, C_in, k, k]`` weight without bias; mmcv's ``MaskedConv2d`` is an ``nn.Conv2d`` whose
+weight and bias glimpse's masked convolution reads as they are.
 
 Every tensor is accounted for: a tensor missing from the file, one the model has no place
 for, or one of the wrong shape raises :class:`CheckpointError` naming the key, the model and
@@ -78,6 +90,7 @@ from torch import Tensor, nn
 from glimpse.backbones.resnet import ResNet
 from glimpse.detectors.retinanet import RetinaNet
 from glimpse.detectors.two_stage import TwoStageDetector
+from glimpse.heads.guided_anchor import GARetinaHead, GuidedAnchorHead
 from glimpse.heads.retina import RetinaHead
 from glimpse.heads.roi_mask import FCNMaskHead
 from glimpse.heads.rpn import RPNHead
@@ -292,6 +305,22 @@ def _carafe_rule(model: nn.Module, key: str) -> str | None:
     return None
 
 
+# GA heads' own layers keep their mmdet names (towers aside)
+_GA_LAYER = re.compile(r"(rpn_conv|conv_loc|conv_shape|conv_cls|conv_reg|retina_cls|retina_reg"
+                       r"|feature_adaption(_cls|_reg)?\.(conv_offset|conv_adaption))\.\w+")
+
+
+def _ga_rule(model: nn.Module, head: GuidedAnchorHead, rest: str) -> str | None:
+    """mmdet name of tensor ``rest`` of a guided-anchor head (GA-RPN in a two-stage model, or
+    GA-RetinaNet's head)."""
+    # mmdet v3's RPN detector calls its head bbox_head, as does every one-stage detector
+    prefix = "rpn_head" if getattr(model, "roi_head", None) is not None else "bbox_head"
+    m = re.fullmatch(r"(cls_convs|reg_convs)\.(\d+)\.(\w+)", rest)
+    if m and isinstance(head, GARetinaHead):  # towers interleave ReLUs: conv j at index 2j
+        return f"{prefix}.{m.group(1)}.{int(m.group(2)) // 2}.conv.{m.group(3)}"
+    return f"{prefix}.{rest}" if _GA_LAYER.fullmatch(rest) else None
+
+
 def _mmdet_name(model: nn.Module, key: str) -> str | None:
     """mmdet name of glimpse tensor ``key`` of ``model``, None when the part has no mapping."""
     carafe_name = _carafe_rule(model, key)
@@ -302,6 +331,8 @@ def _mmdet_name(model: nn.Module, key: str) -> str | None:
         return key if isinstance(model.backbone, ResNet) else None
     if part == "neck":
         return _neck_rule(model.neck, rest)
+    if part in ("rpn_head", "head") and isinstance(getattr(model, part, None), GuidedAnchorHead):
+        return _ga_rule(model, getattr(model, part), rest)
     if part == "rpn_head" and isinstance(model.rpn_head, RPNHead):
         m = re.fullmatch(r"(conv|cls|reg)\.(\w+)", rest)
         # mmdet v3's RPN detector calls its head bbox_head (v2 and two-stage models: rpn_head)

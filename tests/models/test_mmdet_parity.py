@@ -55,7 +55,7 @@ def _build(family: str, full: bool, checkpoint: Path) -> torch.nn.Module:
     kwargs = {"image_scale": SCALE}
     if not full:
         kwargs.update(backbone_kwargs={"base_width": 8}, fpn_channels=16)
-        if family not in ("retinanet", "rpn"):
+        if not family.endswith(("retinanet", "rpn")):  # GA-RPN, GA-RetinaNet: no R-CNN
             kwargs["fc_channels"] = 32
     # CARAFE families name the neck last: faster_rcnn_carafe -> faster_rcnn_slim_fpn_carafe
     base, carafe = family.removesuffix("_carafe"), family.endswith("_carafe")
@@ -127,7 +127,7 @@ def _compare(family: str, record: np.lib.npyio.NpzFile, full: bool, tmp_path: Pa
         ref_boxes, torch.from_numpy(record["scores"]), det["boxes"], det["scores"], hit)
     # unmatched reference detections: IoU with the closest higher-scoring same-label glimpse one
     nms_iou = (model.head if hasattr(model, "head") else model.roi_head).test_cfg.nms_iou \
-        if not family == "rpn" else model.rpn_head.test_proposals.nms_iou
+        if not family.endswith("rpn") else model.rpn_head.test_proposals.nms_iou
     gaps = []
     for i in (hit < 0).nonzero().flatten().tolist():
         rivals = (det["labels"] == ref_labels[i]) & (det["scores"] > record["scores"][i])
