@@ -21,9 +21,16 @@ glimpse                                mmdetection
 ``roi_head.mask_heads.t.conv_logits.*`` ``roi_head.mask_head[.t].conv_logits.*``
 ``head.cls_convs.2j.*`` (RetinaNet)    ``bbox_head.cls_convs.j.conv.*`` (``reg_convs`` too)
 ``head.retina_cls/retina_reg.*``       ``bbox_head.retina_cls/retina_reg.*``
+``roi_head.mask_heads.t.conv_res.0.*`` ``roi_head.mask_head.t.conv_res.conv.*`` (HTC)
+``semantic_head.lateral_convs.i.*``    ``roi_head.semantic_head.lateral_convs.i.conv.*``
+``semantic_head.convs.j.*``            ``roi_head.semantic_head.convs.j.conv.*``
+``semantic_head.conv_embedding.*``     ``roi_head.semantic_head.conv_embedding.conv.*``
+``semantic_head.conv_logits.*``        ``roi_head.semantic_head.conv_logits.*``
 =====================================  ===============================================
 
-(``[.t]``: cascade stages carry their index, Faster / Mask R-CNN's single head does not.)
+(``[.t]``: cascade stages carry their index, Faster / Mask R-CNN's single head does not. HTC's
+semantic branch belongs to the detector in glimpse and to the RoI head in mmdetection; its 183
+COCO-stuff logits have no background to move.)
 
 Label order: mmdetection v2+ puts the background last in the R-CNN classifier (row K of
 ``fc_cls``), glimpse first (row 0), so those rows are rotated. The class-specific regressor of
@@ -59,9 +66,11 @@ from torch import Tensor, nn
 from glimpse.backbones.resnet import ResNet
 from glimpse.detectors.retinanet import RetinaNet
 from glimpse.detectors.two_stage import TwoStageDetector
+from glimpse.heads.htc import HTCRoIHead
 from glimpse.heads.retina import RetinaHead
 from glimpse.heads.roi_mask import FCNMaskHead
 from glimpse.heads.rpn import RPNHead
+from glimpse.heads.semantic import FusedSemanticHead
 from glimpse.heads.standard import StandardRoIHead
 from glimpse.necks.fpn import FPN
 
@@ -241,9 +250,28 @@ def _roi_rule(roi_head: nn.Module, rest: str) -> str | None:
     return f"{mask_prefix.format(t=m.group(1))}.{part}.{m.group(3)}"
 
 
+def _htc_rule(model: TwoStageDetector, key: str) -> str | None:
+    """mmdet name of HTC's own tensors: the mask heads' ``conv_res`` (a ConvModule there) and
+    the fused semantic branch (in mmdet's RoI head), None for any other key."""
+    m = re.fullmatch(r"roi_head\.mask_heads\.(\d+)\.conv_res\.0\.(\w+)", key)
+    if m is not None:
+        return f"roi_head.mask_head.{m.group(1)}.conv_res.conv.{m.group(2)}"
+    if not isinstance(model.semantic_head, FusedSemanticHead):
+        return None  # an injected semantic branch has no mapping
+    m = re.fullmatch(r"semantic_head\.(lateral_convs\.\d+|convs\.\d+|conv_embedding|"
+                     r"conv_logits)\.(\w+)", key)
+    if m is None:
+        return None
+    module = m.group(1) if m.group(1) == "conv_logits" else m.group(1) + ".conv"
+    return f"roi_head.semantic_head.{module}.{m.group(2)}"
+
+
 def _mmdet_name(model: nn.Module, key: str) -> str | None:
     """mmdet name of glimpse tensor ``key`` of ``model``, None when the part has no mapping."""
     part, _, rest = key.partition(".")
+    if isinstance(getattr(model, "roi_head", None), HTCRoIHead) and (
+            part == "semantic_head" or ".conv_res." in rest):
+        return _htc_rule(model, key)
     if part == "backbone":
         return key if isinstance(model.backbone, ResNet) else None
     if part == "neck":
