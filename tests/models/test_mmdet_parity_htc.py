@@ -14,11 +14,12 @@ checked stage by stage:
 
 One departure is mmdetection 3.3.0's, measured here: its ``HybridTaskCascadeRoIHead`` appends
 the mask predictions to ``aug_masks`` after the loop over the mask heads, not in it, so its
-masks are the last stage's alone. mmdetection v2 (and the paper) average the three stages'
-sigmoid masks, as glimpse does. So glimpse's final masks are compared with ``masks_ensemble``
-(mmdetection's own mask head pasting the stages' mean, recorded by the fixture script), and
-mmdetection 3.3.0's own masks with glimpse's last mask stage pasted alone (IoU above 0.99
-both); ``ensemble_vs_mmdet3_iou`` reports how far the two rules lie apart on these weights.
+masks are the last stage's alone. mmdetection v1/v2 (whose model zoo reported HTC's numbers)
+average the three stages' sigmoid masks, as glimpse does. So glimpse's final masks are
+compared with ``masks_ensemble`` (mmdetection's own mask head pasting the stages' mean, recorded
+by the fixture script), and mmdetection 3.3.0's own masks with glimpse's last mask stage pasted
+alone (IoU above 0.99 both); ``ensemble_vs_mmdet3_iou`` reports how far the two rules lie apart
+on these weights.
 
 Slim fixtures run in ``make test``; R-50 width is ``slow``, from ``make_fixtures.py --full DIR``
 and ``GLIMPSE_MMDET_PARITY_DIR=DIR``.
