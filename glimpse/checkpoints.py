@@ -27,9 +27,16 @@ glimpse                                mmdetection
                                        (``_cls``/``_reg``) ``.conv_offset``/``.conv_adaption``,
                                        ``conv_cls``/``conv_reg``, ``retina_cls``/``retina_reg``;
                                        GA-RetinaNet's towers as RetinaNet's
+``roi_head.mask_heads.t.conv_res.0.*`` ``roi_head.mask_head.t.conv_res.conv.*`` (HTC)
+``semantic_head.lateral_convs.i.*``    ``roi_head.semantic_head.lateral_convs.i.conv.*``
+``semantic_head.convs.j.*``            ``roi_head.semantic_head.convs.j.conv.*``
+``semantic_head.conv_embedding.*``     ``roi_head.semantic_head.conv_embedding.conv.*``
+``semantic_head.conv_logits.*``        ``roi_head.semantic_head.conv_logits.*``
 =====================================  ===============================================
 
-(``[.t]``: cascade stages carry their index, Faster / Mask R-CNN's single head does not.)
+(``[.t]``: cascade stages carry their index, Faster / Mask R-CNN's single head does not. HTC's
+semantic branch belongs to the detector in glimpse and to the RoI head in mmdetection; its 183
+COCO-stuff logits have no background to move.)
 
 mmdetection's ``FPN_CARAFE`` neck (glimpse FPN with ``extra_in_top_down``) keeps its extra
 levels in the same lists as the backbone levels, and CARAFE modules inside glimpse's
@@ -91,9 +98,11 @@ from glimpse.backbones.resnet import ResNet
 from glimpse.detectors.retinanet import RetinaNet
 from glimpse.detectors.two_stage import TwoStageDetector
 from glimpse.heads.guided_anchor import GARetinaHead, GuidedAnchorHead
+from glimpse.heads.htc import HTCRoIHead
 from glimpse.heads.retina import RetinaHead
 from glimpse.heads.roi_mask import FCNMaskHead
 from glimpse.heads.rpn import RPNHead
+from glimpse.heads.semantic import FusedSemanticHead
 from glimpse.heads.standard import StandardRoIHead
 from glimpse.layers import CARAFE
 from glimpse.necks.fpn import FPN, ScaleThenCrop
@@ -321,12 +330,31 @@ def _ga_rule(model: nn.Module, head: GuidedAnchorHead, rest: str) -> str | None:
     return f"{prefix}.{rest}" if _GA_LAYER.fullmatch(rest) else None
 
 
+def _htc_rule(model: TwoStageDetector, key: str) -> str | None:
+    """mmdet name of HTC's own tensors: the mask heads' ``conv_res`` (a ConvModule there) and
+    the fused semantic branch (in mmdet's RoI head), None for any other key."""
+    m = re.fullmatch(r"roi_head\.mask_heads\.(\d+)\.conv_res\.0\.(\w+)", key)
+    if m is not None:
+        return f"roi_head.mask_head.{m.group(1)}.conv_res.conv.{m.group(2)}"
+    if not isinstance(model.semantic_head, FusedSemanticHead):
+        return None  # an injected semantic branch has no mapping
+    m = re.fullmatch(r"semantic_head\.(lateral_convs\.\d+|convs\.\d+|conv_embedding|"
+                     r"conv_logits)\.(\w+)", key)
+    if m is None:
+        return None
+    module = m.group(1) if m.group(1) == "conv_logits" else m.group(1) + ".conv"
+    return f"roi_head.semantic_head.{module}.{m.group(2)}"
+
+
 def _mmdet_name(model: nn.Module, key: str) -> str | None:
     """mmdet name of glimpse tensor ``key`` of ``model``, None when the part has no mapping."""
     carafe_name = _carafe_rule(model, key)
     if carafe_name is not None:
         return carafe_name
     part, _, rest = key.partition(".")
+    if isinstance(getattr(model, "roi_head", None), HTCRoIHead) and (
+            part == "semantic_head" or ".conv_res." in rest):
+        return _htc_rule(model, key)
     if part == "backbone":
         return key if isinstance(model.backbone, ResNet) else None
     if part == "neck":

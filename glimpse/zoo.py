@@ -48,6 +48,7 @@ from glimpse.backbones.resnet import (
     resnext101_32x4d,
 )
 from glimpse.detectors.guided_anchoring import GA_RCNN
+from glimpse.detectors.htc import HTC_RCNN
 from glimpse.detectors.two_stage import CASCADE_RPN, RCNNConfig, RPNConfig
 from glimpse.heads.roi_box import RCNNTrainConfig
 from glimpse.heads.rpn import ProposalConfig
@@ -209,6 +210,11 @@ _HTC_FAMILIES: dict[str, Callable[..., nn.Module]] = {
     "htc_without_semantic": _lazy_builder("glimpse.detectors.htc", "htc_without_semantic"),
 }
 DETECTORS.update(_HTC_FAMILIES)
+# the slim R-CNN recipe (300 training proposals, 128 RoIs, 256-wide FCs) on HTC's settings
+_SLIM_HTC_RCNN = {"fc_channels": 256,
+                  "rcnn_cfg": replace(HTC_RCNN, train=replace(HTC_RCNN.train, num_samples=128))}
+_SLIM_FAMILY_DEFAULTS.update({family: {**_SLIM_HTC_RCNN, "rpn_cfg": replace(
+    CASCADE_RPN, train_proposals=_SLIM_PROPOSALS)} for family in _HTC_FAMILIES})
 MODELS.update({f"{family}_{backbone}_fpn": _spec(family, backbone)
                for family in _HTC_FAMILIES for backbone in RESNET_BACKBONES})
 
@@ -230,6 +236,7 @@ MODELS.update({f"{family}_{backbone}_fpn": _spec(family, backbone)
 # The talk's four methods in one detector (issue 13, beyond the papers): FishNet, the CARAFE FPN,
 # GA-RPN and HTC (glimpse.detectors.composed); FishNet-188 as in the FishNet paper's COCO table.
 DETECTORS["htc_ga_carafe"] = _lazy_builder("glimpse.detectors.composed", "htc_ga_carafe")
+_SLIM_FAMILY_DEFAULTS["htc_ga_carafe"] = _SLIM_HTC_RCNN  # GA-RPN keeps its own proposal counts
 MODELS.update({f"htc_ga_{backbone}_fpn_carafe": _spec("htc_ga_carafe", backbone)
                for backbone in ("fishnet188", "fishnet_slim")})
 

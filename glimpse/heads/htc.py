@@ -203,7 +203,12 @@ class HTCRoIHead(CascadeRoIHead):
     def predict_mask_probs(self, context: CascadeContext, boxes: Sequence[Tensor],
                            labels: Sequence[Tensor]) -> list[Tensor]:
         """As :meth:`CascadeRoIHead.predict_mask_probs`, with the RoI features extracted once
-        and the heads chained on them (mmdet ``simple_test``)."""
+        and the heads chained on them (mmdet v2 ``simple_test``).
+
+        The mean over the stages is mmdet v1/v2's (whose model zoo reported HTC's numbers);
+        mmdet 3.3.0 keeps the last stage's masks alone (its ``aug_masks.append`` sits after the
+        loop over the heads), a departure measured in ``tests/models/test_mmdet_parity_htc.py``.
+        """
         rois = boxes_to_rois(boxes).to(context.feats[0])
         x = self.mask_roi_features(context, rois)
         flat_labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)

@@ -27,7 +27,6 @@ only builds it, training goes through ``torchrun``).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -106,8 +105,6 @@ class HTCExperiment:
         lr: absolute peak learning rate.
         warmup_iters: linear warm-up (capped at ``iters``).
         image_scale: detector input scale; ``None`` uses the dataset's default.
-        slim_recipe: lighter R-CNN for CPU runs: 300 training proposals, 128 sampled RoIs
-            per image, 256-wide FCs (the HTC recipe keeps 2000 / 512 / 1024).
         max_eval_images: COCOeval on at most this many val images (None: all).
         fps_images: val images timed for the fps column.
         work_root: resumable runs live here (relative: to the repository); "" trains in
@@ -129,7 +126,6 @@ class HTCExperiment:
     lr: float = 0.02
     warmup_iters: int = 50
     image_scale: tuple[int, int] | None = None
-    slim_recipe: bool = True
     max_eval_images: int | None = 16
     fps_images: int = 4
     work_root: str = ""
@@ -148,8 +144,8 @@ class HTCExperiment:
 PROFILES: dict[str, HTCExperiment] = {
     # CPU, 128 px synthetic shapes, about 4 minutes on one core: 4 ablation variants x 2 seeds
     # and the composed detector, 12 iterations each at batch 2 (slim HTC costs about 1.5 s per
-    # iteration with the slim recipe). Far from trained: the verdicts are expected to be
-    # "inconclusive", and the tables say so.
+    # iteration with the zoo's slim R-CNN recipe). Far from trained: the verdicts are expected
+    # to be "inconclusive", and the tables say so.
     "smoke": HTCExperiment("smoke"),
     # CPU, 256 px synthetic shapes, 3 seeds, tens of minutes per variant (not committed yet).
     "cpu": HTCExperiment("cpu", data="synthetic-cpu", num_seeds=3, iters=600, batch_size=4,
@@ -160,7 +156,7 @@ PROFILES: dict[str, HTCExperiment] = {
     "full": HTCExperiment("full", data="coco", device="cuda", num_seeds=1, model="htc_r50_fpn",
                           composed_model="htc_ga_fishnet188_fpn_carafe",
                           iters=math.ceil(117266 / 16) * 20, batch_size=2, warmup_iters=500,
-                          slim_recipe=False, max_eval_images=None, fps_images=50,
+                          max_eval_images=None, fps_images=50,
                           work_root="results/htc/runs/full", deterministic=False,
                           dry_run=True),
 }
@@ -220,19 +216,6 @@ def load_data(cfg: HTCExperiment) -> tuple[Any, Any]:
             build_dataset(cfg.data, split="val", data_root=root, train=False))
 
 
-def _slim_kwargs() -> dict[str, Any]:
-    """The slim R-CNN recipe (see :attr:`HTCExperiment.slim_recipe`)."""
-    from glimpse.detectors.htc import HTC_RCNN
-    from glimpse.detectors.two_stage import CASCADE_RPN
-    from glimpse.heads.roi_box import RCNNTrainConfig
-    from glimpse.heads.rpn import ProposalConfig
-
-    return {"fc_channels": 256,
-            "rpn_cfg": dataclasses.replace(
-                CASCADE_RPN, train_proposals=ProposalConfig(nms_pre=1000, max_per_image=300)),
-            "rcnn_cfg": dataclasses.replace(HTC_RCNN, train=RCNNTrainConfig(num_samples=128))}
-
-
 def _semantic_classes(train_set: Any) -> int:
     classes = getattr(train_set, "sem_seg_classes", None)
     if not classes:
@@ -253,18 +236,15 @@ def variants(cfg: HTCExperiment, train_set: Any) -> list[Variant]:
         warmup_iters=min(cfg.warmup_iters, cfg.iters), amp=cfg.device != "cpu",
         checkpoint_every=0, keep_checkpoints=1, log_every=1, seed=cfg.seed,
         num_threads=1 if cfg.device == "cpu" else None)
-    slim = _slim_kwargs() if cfg.slim_recipe else {}
     out = []
     for step in ABLATION_STEPS:
         flags = dict(HTC_ABLATION[step])
-        kwargs: dict[str, Any] = {**flags, **slim, "image_scale": scale}
+        kwargs: dict[str, Any] = {**flags, "image_scale": scale}
         if flags["semantic"]:
             kwargs["semantic_classes"] = _semantic_classes(train_set)
         out.append(Variant(step, cfg.model, train, kwargs))
     if cfg.composed_model:
-        composed = {**slim, "image_scale": scale,
-                    "semantic_classes": _semantic_classes(train_set)}
-        composed.pop("rpn_cfg", None)  # GA-RPN: its own proposal counts
+        composed = {"image_scale": scale, "semantic_classes": _semantic_classes(train_set)}
         out.append(Variant(COMPOSED, cfg.composed_model, train, composed))
     return out
 

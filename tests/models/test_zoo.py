@@ -143,6 +143,11 @@ _SLIM_CASCADE = {**_SLIM_FAST, 'rpn_cfg': replace(CASCADE_RPN, train_proposals=_
 _SLIM_GA_RCNN = {'fpn_channels': 64, 'fc_channels': 256, 'rcnn_cfg': RCNNConfig(
     train=RCNNTrainConfig(pos_iou_thr=0.6, neg_iou_thr=0.6, min_pos_iou=0.6, num_samples=128),
     test=RCNNTestConfig(score_thr=1e-3))}
+# HTC's R-CNN (score threshold 1e-3) with the slim recipe; the composed detector's GA-RPN keeps
+# its own proposal counts
+_SLIM_HTC_RCNN = {'fpn_channels': 64, 'fc_channels': 256, 'rcnn_cfg': RCNNConfig(
+    train=RCNNTrainConfig(num_samples=128), test=RCNNTestConfig(score_thr=1e-3))}
+_SLIM_HTC = {**_SLIM_HTC_RCNN, 'rpn_cfg': replace(CASCADE_RPN, train_proposals=_PROPOSALS_300)}
 ZOO_TABLE = {
     'cascade_mask_rcnn_r101_fpn': ('cascade_mask_rcnn', 'r101', {}, 0.02),
     'cascade_mask_rcnn_r50_fpn': ('cascade_mask_rcnn', 'r50', {}, 0.02),
@@ -155,8 +160,8 @@ ZOO_TABLE = {
     'cascade_rcnn_x101_32x4d_fpn': ('cascade_rcnn', 'x101_32x4d', {}, 0.02),
     'cascade_rcnn_x50_32x4d_fpn': ('cascade_rcnn', 'x50_32x4d', {}, 0.02),
     'fast_rcnn_r101_fpn': ('fast_rcnn', 'r101', {}, 0.02),
-    **{f'{family}_{backbone}_fpn': (family, backbone,
-                                    {'fpn_channels': 64} if backbone == 'slim' else {}, 0.02)
+    **{f'{family}_{backbone}_fpn': (family, backbone, _SLIM_HTC if backbone == 'slim' else {},
+                                    0.02)
        for family in ('htc', 'htc_without_semantic') for backbone in BACKBONES},
     'fast_rcnn_r50_fpn': ('fast_rcnn', 'r50', {}, 0.02),
     'fast_rcnn_slim_fpn': ('fast_rcnn', 'slim', _SLIM_FAST, 0.02),
@@ -221,8 +226,7 @@ ZOO_TABLE = {
     'mask_rcnn_x101_32x4d_fpn_carafe': ('mask_rcnn_carafe', 'x101_32x4d', {}, 0.02),
     'mask_rcnn_x50_32x4d_fpn_carafe': ('mask_rcnn_carafe', 'x50_32x4d', {}, 0.02),
     'htc_ga_fishnet188_fpn_carafe': ('htc_ga_carafe', 'fishnet188', {}, 0.02),
-    'htc_ga_fishnet_slim_fpn_carafe': ('htc_ga_carafe', 'fishnet_slim', {'fpn_channels': 64},
-                                       0.02),
+    'htc_ga_fishnet_slim_fpn_carafe': ('htc_ga_carafe', 'fishnet_slim', _SLIM_HTC_RCNN, 0.02),
 }
 
 
