@@ -131,6 +131,8 @@ SHAPES = [
     (3, 2, 1, 1, 5, 1, 2),
     (1, 16, 9, 21, 5, 1, 2),  # several register blocks per row plus a tail
     (1, 4, 7, 40, 3, 2, 1),
+    (1, 12, 5, 25, 5, 1, 2),  # forward: a two-vector block, a single vector and a tail per row
+    (2, 9, 9, 8, 5, 3, 2),  # 3 channels per group: below the forward's channel block
 ]
 
 
@@ -148,6 +150,29 @@ def test_ext_matches_reference(n, c, h, w, k, g, s, dtype):
     torch.testing.assert_close(out, ref, **tol)
     torch.testing.assert_close(gf, rgf, **tol)
     torch.testing.assert_close(gm, rgm, **tol)
+
+
+# The shapes the models run (kernel 5, scale 2), with fewer channels so that the reference fits:
+# an FPN level with an odd width (its rows end in a partial vector) and the mask head's 14x14 RoI
+# features at batch 512, each from channels-last inputs as a convolution may produce them.
+MODEL_SHAPES = [(2, 20, 25, 19, 5, 1, 2), (512, 6, 14, 14, 5, 1, 2), (1, 16, 13, 16, 5, 2, 2)]
+
+
+@pytest.mark.ext
+@pytest.mark.parametrize("n,c,h,w,k,g,s", MODEL_SHAPES)
+def test_ext_model_shapes_channels_last(n, c, h, w, k, g, s):
+    features, masks = random_inputs(n, c, h, w, k, g, s)
+    cl_f = features.to(memory_format=torch.channels_last).requires_grad_()
+    cl_m = masks.to(memory_format=torch.channels_last).requires_grad_()
+    out = ext_carafe(cl_f, cl_m, k, g, s)
+    grad = torch.randn_like(out)
+    gf, gm = torch.autograd.grad(out, (cl_f, cl_m), grad)
+    f64 = features.double().requires_grad_()
+    m64 = masks.double().requires_grad_()
+    ref = carafe_ref(f64, m64, k, g, s)
+    rgf, rgm = torch.autograd.grad(ref, (f64, m64), grad.double())
+    for got, want in ((out, ref), (gf, rgf), (gm, rgm)):
+        torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
 
 
 # bfloat16 / float16 on CPU: inputs in the dtype, float32 accumulation, one rounding at the end.

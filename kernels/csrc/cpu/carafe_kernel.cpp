@@ -8,8 +8,10 @@
 //   zero-padded, horizontally nearest-upsampled rows
 //     fup[y][j] = features[c, y, j / s - r]   (0 outside the map),
 //   so that output pixel X of row Y = s*y0 + sy reads tap (ky, kx) at fup[y0 + ky - r][X + s*kx]:
-//   a contiguous vector. kChannels channels share each mask vector, kVectors vectors of X share
-//   each tap's address computation, and their kChannels * kVectors sums stay in registers.
+//   a contiguous vector. Two output rows (sy, sy + 1) read the same vectors, so each feature
+//   vector loaded feeds two multiply-adds; kForwardChannels channels share each mask vector, and
+//   the 2 x kForwardChannels x kForwardVectors sums stay in registers. On AVX-512 the output goes
+//   out with non-temporal stores.
 // * mask gradient: dmask[t][Y][X] = sum_c dout[c][Y][X] * fup_c[ky][X + s*kx]; for k = 5, s = 2
 //   the 25 tap sums of a vector of X stay in registers over a block of kMaskChannels channels
 //   (otherwise the dout vectors of kChannels channels do, and the tap sums go through memory).
@@ -40,8 +42,15 @@
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
 #define GLIMPSE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// The forward has its own AVX-512 build (register pinning and non-temporal stores in inline asm,
+// which only an AVX-512 function may contain), chosen at run time; the rest is cloned below it.
+#define GLIMPSE_AVX512_FORWARD 1
+#define GLIMPSE_FORWARD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define GLIMPSE_AVX512 __attribute__((target("arch=x86-64-v4")))
 #else
 #define GLIMPSE_CLONES
+#define GLIMPSE_AVX512_FORWARD 0
+#define GLIMPSE_FORWARD_CLONES
 #endif
 #define GLIMPSE_ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -69,9 +78,12 @@ GLIMPSE_ALWAYS_INLINE void store(T* p, const Vec<T>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// Register blocking: kChannels x kVectors sums (16 of 32 AVX-512 registers).
+// Channels per register block of the gradient passes.
 constexpr int64_t kChannels = 4;
-constexpr int64_t kVectors = 4;
+// The forward's blocking, for two output rows at once: kForwardChannels x kForwardVectors
+// feature vectors per tap, each used for both rows (2 x 4 x 2 sums).
+constexpr int64_t kForwardChannels = 4;
+constexpr int64_t kForwardVectors = 2;
 // Source rows per work unit: the rows around them are prepared once for all of the unit's rows.
 constexpr int64_t kRows = 8;
 
@@ -155,13 +167,16 @@ GLIMPSE_ALWAYS_INLINE void padded_row(const T* __restrict__ src, int64_t n, int6
   std::fill(buf + lead + n, buf + stride, T(0));
 }
 
-// acc[cb][j] += sum_{ky,kx} m[ky*mky + kx*mkx + j*L] * f[cb*fc + ky*fky + kx*fkx + j*L] for CB
-// channels and NV vectors. The forward (m = masks, f = upsampled features) and the feature
-// gradient (m and f = padded mask and dout rows, walked backwards) differ only in the strides.
-template <typename T, int64_t CB, int64_t NV>
-GLIMPSE_ALWAYS_INLINE void weighted_taps(const T* __restrict__ m, int64_t mky, int64_t mkx,
-                                         const T* __restrict__ f, int64_t fc, int64_t fky,
-                                         int64_t fkx, int64_t k, Vec<T> (&acc)[CB][NV]) {
+// acc[i][cb][j] += sum_{ky,kx} m[i*mrow + ky*mky + kx*mkx + j*L] * f[cb*fc + ky*fky + kx*fkx + j*L]
+// for R mask rows, CB channels and NV vectors: every feature vector loaded is used by R
+// multiply-adds (the s output rows of one source row read the same features). The forward (m =
+// masks, f = upsampled features) and the feature gradient (m and f = padded mask and dout rows,
+// walked backwards, R = 1) differ only in the strides.
+template <typename T, int64_t R, int64_t CB, int64_t NV, bool kAvx512 = false>
+GLIMPSE_ALWAYS_INLINE void weighted_taps(const T* __restrict__ m, int64_t mrow, int64_t mky,
+                                         int64_t mkx, const T* __restrict__ f, int64_t fc,
+                                         int64_t fky, int64_t fkx, int64_t k,
+                                         Vec<T> (&acc)[R][CB][NV]) {
   constexpr int64_t L = kLanes<T>;
   // One pointer per channel, advanced tap by tap: the addresses of the inner loop are then a
   // register plus a constant, and no channel offset is kept in (or spilled from) a register.
@@ -169,13 +184,24 @@ GLIMPSE_ALWAYS_INLINE void weighted_taps(const T* __restrict__ m, int64_t mky, i
   for (int64_t cb = 0; cb < CB; ++cb) fp[cb] = f + cb * fc;
   for (int64_t ky = 0; ky < k; ++ky) {
     for (int64_t kx = 0; kx < k; ++kx) {
-      Vec<T> mv[NV];
+      Vec<T> mv[R][NV];
 #pragma GCC unroll 4
-      for (int64_t j = 0; j < NV; ++j) mv[j] = load(m + j * L);
+      for (int64_t i = 0; i < R; ++i) {
+#pragma GCC unroll 4
+        for (int64_t j = 0; j < NV; ++j) mv[i][j] = load(m + i * mrow + j * L);
+      }
 #pragma GCC unroll 16
       for (int64_t cb = 0; cb < CB; ++cb) {
 #pragma GCC unroll 4
-        for (int64_t j = 0; j < NV; ++j) acc[cb][j] += mv[j] * load(fp[cb] + j * L);
+        for (int64_t j = 0; j < NV; ++j) {
+          Vec<T> fv = load(fp[cb] + j * L);
+          // GCC would fold this load into each of the R multiply-adds (a memory operand each),
+          // loading it R times; an empty asm keeps it in one register (one AVX-512 register: so
+          // only in the AVX-512 build, where it saved about 10% of the forward).
+          if constexpr (kAvx512 && R > 1) asm("" : "+v"(fv));
+#pragma GCC unroll 4
+          for (int64_t i = 0; i < R; ++i) acc[i][cb][j] += mv[i][j] * fv;
+        }
         fp[cb] += fkx;
       }
       m += mkx;
@@ -192,37 +218,90 @@ GLIMPSE_ALWAYS_INLINE void store_block(const Vec<T> (&acc)[CB][NV], T* out, int6
   }
 }
 
-// One output row of CB channels (rows hw apart): out[X] = sum_t mask[t][X] * fup[ky][X + s*kx],
-// fup rows lstride apart and channels fstride apart. mtail: k*k vectors of scratch.
-template <typename T, int64_t CB>
-GLIMPSE_ALWAYS_INLINE void reassemble_row(const T* mask_row, int64_t hw, const T* fup,
-                                          int64_t fstride, int64_t lstride, const Geometry& g,
-                                          T* out_row, T* mtail) {
+// store_block for the forward's output, which is far larger than the caches and not read again
+// by the kernel: in the AVX-512 build, whole aligned cache lines are written with non-temporal
+// stores (no read for ownership; about 9% of the forward), the others with plain stores.
+// Inline asm rather than intrinsics: the intrinsics cannot be inlined into these target-neutral
+// templates. The caller fences (sfence) before returning.
+template <typename T, int64_t CB, int64_t NV, bool kAvx512>
+GLIMPSE_ALWAYS_INLINE void store_output_block(const Vec<T> (&acc)[CB][NV], T* out,
+                                              int64_t stride) {
+  for (int64_t cb = 0; cb < CB; ++cb) {
+    for (int64_t j = 0; j < NV; ++j) {
+      T* p = out + cb * stride + j * kLanes<T>;
+      if constexpr (kAvx512) {
+        if ((reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+          asm("vmovntps %1, %0" : "=m"(*reinterpret_cast<Vec<T>*>(p)) : "v"(acc[cb][j]));
+          continue;
+        }
+      }
+      store(p, acc[cb][j]);
+    }
+  }
+}
+
+// R consecutive output rows of CB channels (rows Wo apart, channels hw apart):
+// out[X] = sum_t mask[t][X] * fup[ky][X + s*kx], fup rows lstride apart and channels fstride
+// apart. mtail: R*k*k vectors of scratch.
+template <typename T, int64_t R, int64_t CB, int64_t NV, bool kAvx512>
+GLIMPSE_ALWAYS_INLINE void reassemble_rows(const T* mask_row, int64_t hw, const T* fup,
+                                           int64_t fstride, int64_t lstride, const Geometry& g,
+                                           T* out_row, T* mtail) {
   constexpr int64_t L = kLanes<T>;
   const int64_t mky = g.k * hw;
   int64_t x0 = 0;
-  for (; x0 + kVectors * L <= g.Wo; x0 += kVectors * L) {
-    Vec<T> acc[CB][kVectors] = {};
-    weighted_taps<T, CB, kVectors>(mask_row + x0, mky, hw, fup + x0, fstride, lstride, g.s, g.k,
-                                   acc);
-    store_block<T, CB, kVectors>(acc, out_row + x0, hw);
+  for (; x0 + NV * L <= g.Wo; x0 += NV * L) {
+    Vec<T> acc[R][CB][NV] = {};
+    weighted_taps<T, R, CB, NV, kAvx512>(mask_row + x0, g.Wo, mky, hw, fup + x0, fstride,
+                                         lstride, g.s, g.k, acc);
+    for (int64_t i = 0; i < R; ++i) {
+      store_output_block<T, CB, NV, kAvx512>(acc[i], out_row + i * g.Wo + x0, hw);
+    }
   }
   for (; x0 + L <= g.Wo; x0 += L) {
-    Vec<T> acc[CB][1] = {};
-    weighted_taps<T, CB, 1>(mask_row + x0, mky, hw, fup + x0, fstride, lstride, g.s, g.k, acc);
-    store_block<T, CB, 1>(acc, out_row + x0, hw);
+    Vec<T> acc[R][CB][1] = {};
+    weighted_taps<T, R, CB, 1, kAvx512>(mask_row + x0, g.Wo, mky, hw, fup + x0, fstride, lstride,
+                                        g.s, g.k, acc);
+    for (int64_t i = 0; i < R; ++i) {
+      store_output_block<T, CB, 1, kAvx512>(acc[i], out_row + i * g.Wo + x0, hw);
+    }
   }
   if (x0 < g.Wo) {  // partial vector: its mask columns are copied into zero-padded scratch
     const int64_t nb = g.Wo - x0;
-    for (int64_t t = 0; t < g.k2; ++t) {
-      padded_row(mask_row + t * hw + x0, nb, 0, L, mtail + t * L);
+    for (int64_t i = 0; i < R; ++i) {
+      for (int64_t t = 0; t < g.k2; ++t) {
+        padded_row(mask_row + i * g.Wo + t * hw + x0, nb, 0, L, mtail + (i * g.k2 + t) * L);
+      }
     }
-    Vec<T> acc[CB][1] = {};
-    weighted_taps<T, CB, 1>(mtail, g.k * L, L, fup + x0, fstride, lstride, g.s, g.k, acc);
+    Vec<T> acc[R][CB][1] = {};
+    weighted_taps<T, R, CB, 1, kAvx512>(mtail, g.k2 * L, g.k * L, L, fup + x0, fstride, lstride,
+                                        g.s, g.k, acc);
     T tmp[CB * kLanes<T>];
-    store_block<T, CB, 1>(acc, tmp, L);
-    for (int64_t cb = 0; cb < CB; ++cb) {
-      std::memcpy(out_row + cb * hw + x0, tmp + cb * L, sizeof(T) * nb);
+    for (int64_t i = 0; i < R; ++i) {
+      store_block<T, CB, 1>(acc[i], tmp, L);
+      for (int64_t cb = 0; cb < CB; ++cb) {
+        std::memcpy(out_row + i * g.Wo + cb * hw + x0, tmp + cb * L, sizeof(T) * nb);
+      }
+    }
+  }
+}
+
+// The s output rows of source row y0 (R at a time), all channels of one block of cn.
+template <typename T, int64_t R, bool kAvx512>
+GLIMPSE_ALWAYS_INLINE void reassemble_source_row(const T* mask_row, int64_t hw, const T* rows,
+                                                 int64_t fstride, int64_t lstride, int64_t cn,
+                                                 const Geometry& g, T* out_row, T* mtail) {
+  for (int64_t sy = 0; sy < g.s; sy += R) {
+    const T* mrow = mask_row + sy * g.Wo;
+    T* orow = out_row + sy * g.Wo;
+    if (cn == kForwardChannels) {
+      reassemble_rows<T, R, kForwardChannels, kForwardVectors, kAvx512>(mrow, hw, rows, fstride,
+                                                                        lstride, g, orow, mtail);
+      continue;
+    }
+    for (int64_t cb = 0; cb < cn; ++cb) {
+      reassemble_rows<T, R, 1, kForwardVectors, kAvx512>(mrow, hw, rows + cb * fstride, fstride,
+                                                          lstride, g, orow + cb * hw, mtail);
     }
   }
 }
@@ -231,10 +310,11 @@ template <typename T>
 struct ForwardScratch {
   std::vector<T> fup, mtail;
   explicit ForwardScratch(const Geometry& g)
-      : fup(kChannels * (kRows + 2 * g.r) * buffer_row<T>(g)), mtail(g.k2 * kLanes<T>) {}
+      : fup(kForwardChannels * (kRows + 2 * g.r) * buffer_row<T>(g)),
+        mtail(g.s * g.k2 * kLanes<T>) {}
 };
 
-template <typename T>
+template <typename T, bool kAvx512>
 GLIMPSE_ALWAYS_INLINE void forward_units(const T* feat, const T* mask, T* out, const Geometry& g,
                                          int64_t begin, int64_t end, T* fup, T* mtail) {
   const int64_t hw = g.Ho * g.Wo;
@@ -249,25 +329,21 @@ GLIMPSE_ALWAYS_INLINE void forward_units(const T* feat, const T* mask, T* out, c
     const T* fb = feat + (n * g.C + gi * g.Cg) * g.H * g.W;
     const T* mb = mask + (n * g.G + gi) * g.k2 * hw;
     T* ob = out + (n * g.C + gi * g.Cg) * hw;
-    for (int64_t c = 0; c < g.Cg; c += kChannels) {
-      const int64_t cn = std::min(kChannels, g.Cg - c);
+    for (int64_t c = 0; c < g.Cg; c += kForwardChannels) {
+      const int64_t cn = std::min(kForwardChannels, g.Cg - c);
       for (int64_t cb = 0; cb < cn; ++cb) {
         build_upsampled_rows(fb + (c + cb) * g.H * g.W, ya - g.r, nrows, lstride, g,
                              fup + cb * fstride);
       }
       for (int64_t y0 = ya; y0 < yb; ++y0) {
         const T* rows = fup + (y0 - ya) * lstride;
-        for (int64_t y = y0 * g.s; y < (y0 + 1) * g.s; ++y) {
-          T* orow = ob + c * hw + y * g.Wo;
-          if (cn == kChannels) {
-            reassemble_row<T, kChannels>(mb + y * g.Wo, hw, rows, fstride, lstride, g, orow,
-                                         mtail);
-          } else {
-            for (int64_t cb = 0; cb < cn; ++cb) {
-              reassemble_row<T, 1>(mb + y * g.Wo, hw, rows + cb * fstride, fstride, lstride, g,
-                                   orow + cb * hw, mtail);
-            }
-          }
+        const int64_t y = y0 * g.s;
+        if (g.s % 2 == 0) {
+          reassemble_source_row<T, 2, kAvx512>(mb + y * g.Wo, hw, rows, fstride, lstride, cn, g,
+                                      ob + c * hw + y * g.Wo, mtail);
+        } else {
+          reassemble_source_row<T, 1, kAvx512>(mb + y * g.Wo, hw, rows, fstride, lstride, cn, g,
+                                      ob + c * hw + y * g.Wo, mtail);
         }
       }
     }
@@ -429,16 +505,16 @@ GLIMPSE_ALWAYS_INLINE void feature_grad_row(const T* mpad, int64_t mplane, const
   const int64_t vrow = vector_row<T>(g);
   const int64_t col0 = 2 * g.r * g.s;  // padded column of X' + s*(2r - kx) at kx = 0
   for (int64_t x0 = 0; x0 < g.Wo; x0 += L) {
-    Vec<T> acc[CB][1] = {};
+    Vec<T> acc[1][CB][1] = {};
     for (int64_t sy = 0; sy < g.s; ++sy) {
       // Relative output row of tap ky = 0 (Y = s*(y + r - ky) + sy); each further ky is s rows
       // up. Tap (ky, kx) reads mask plane ky*k + kx.
       const int64_t row = g.s * (yrel + 2 * g.r) + sy;
       const int64_t off = row * lstride + col0 + x0;
-      weighted_taps<T, CB, 1>(mpad + off, g.k * mplane - g.s * lstride, mplane - g.s,
-                              dpad + off, dstride, -g.s * lstride, -g.s, g.k, acc);
+      weighted_taps<T, 1, CB, 1>(mpad + off, 0, g.k * mplane - g.s * lstride, mplane - g.s,
+                                 dpad + off, dstride, -g.s * lstride, -g.s, g.k, acc);
     }
-    store_block<T, CB, 1>(acc, fold + x0, vrow);
+    store_block<T, CB, 1>(acc[0], fold + x0, vrow);
   }
   for (int64_t cb = 0; cb < CB; ++cb) {
     const T* src = fold + cb * vrow;
@@ -522,11 +598,31 @@ GLIMPSE_ALWAYS_INLINE void feature_grad_units(const T* mask, const T* dout, T* d
   }
 }
 
+#if GLIMPSE_AVX512_FORWARD
+bool has_avx512() {
+  static const bool yes = __builtin_cpu_supports("x86-64-v4");
+  return yes;
+}
+// The AVX-512 forward; the fence orders its non-temporal stores before the caller's.
+#define GLIMPSE_AVX512_FORWARD_ENTRY(T, SUFFIX)                                                  \
+  GLIMPSE_AVX512 void forward_avx512_##SUFFIX(const T* f, const T* m, T* o, const Geometry& g,   \
+                                              int64_t b, int64_t e, ForwardScratch<T>& s) {     \
+    forward_units<T, true>(f, m, o, g, b, e, s.fup.data(), s.mtail.data());                      \
+    asm volatile("sfence" ::: "memory");                                                         \
+  }
+#define GLIMPSE_RUN_AVX512_FORWARD(SUFFIX)                       \
+  if (has_avx512()) return forward_avx512_##SUFFIX(f, m, o, g, b, e, s);
+#else
+#define GLIMPSE_AVX512_FORWARD_ENTRY(T, SUFFIX)
+#define GLIMPSE_RUN_AVX512_FORWARD(SUFFIX)
+#endif
+
 // Non-template entry points, so that each gets ISA clones (target_clones cannot clone templates).
 #define GLIMPSE_ENTRY_POINTS(T, SUFFIX)                                                          \
-  GLIMPSE_CLONES void forward_##SUFFIX(const T* f, const T* m, T* o, const Geometry& g,          \
-                                       int64_t b, int64_t e, ForwardScratch<T>& s) {            \
-    forward_units<T>(f, m, o, g, b, e, s.fup.data(), s.mtail.data());                            \
+  GLIMPSE_AVX512_FORWARD_ENTRY(T, SUFFIX)                                                        \
+  GLIMPSE_FORWARD_CLONES void forward_##SUFFIX(const T* f, const T* m, T* o, const Geometry& g,  \
+                                               int64_t b, int64_t e, ForwardScratch<T>& s) {    \
+    forward_units<T, false>(f, m, o, g, b, e, s.fup.data(), s.mtail.data());                     \
   }                                                                                              \
   GLIMPSE_CLONES void mask_grad_##SUFFIX(const T* f, const T* d, T* dm, const Geometry& g,       \
                                          int64_t b, int64_t e, MaskGradScratch<T>& s) {         \
@@ -538,6 +634,7 @@ GLIMPSE_ALWAYS_INLINE void feature_grad_units(const T* mask, const T* dout, T* d
   }                                                                                              \
   inline void run_forward(const T* f, const T* m, T* o, const Geometry& g, int64_t b, int64_t e, \
                           ForwardScratch<T>& s) {                                                \
+    GLIMPSE_RUN_AVX512_FORWARD(SUFFIX)                                                           \
     forward_##SUFFIX(f, m, o, g, b, e, s);                                                       \
   }                                                                                              \
   inline void run_mask_grad(const T* f, const T* d, T* dm, const Geometry& g, int64_t b,         \
