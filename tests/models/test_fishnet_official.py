@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from glimpse import zoo
 from glimpse.backbones.fishnet import FISHNET_SLIM, FishNet, fishnet99_backbone
 from glimpse.backbones.fishnet_official import official_fishnet_name
 from glimpse.classification import fishnet99_classifier, fishnet150_classifier
@@ -71,6 +72,15 @@ def test_detection_trunk_ignores_the_classifier(tmp_path):
     name = "fish.fish.8.1.0.conv2.weight"  # head stage 8, first transfer block
     expected = weights.seeded_tensor(name, tuple(OFFICIAL["fishnet99"]["shapes"][name]))
     assert torch.equal(backbone.body.head[1].transfer[0].conv2.weight, expected)
+
+
+@pytest.mark.parametrize("model", ["fishnet99", "faster_rcnn_fishnet99_fpn"])
+def test_zoo_passes_pretrained_to_fishnet(tmp_path, model):
+    built = zoo.build(model, pretrained=_save_official(tmp_path, "fishnet99"))
+    fishnet = next(m for m in built.modules() if isinstance(m, FishNet))
+    name = "fish.fish.3.3.0.5.weight"  # the bridge's SE excitation conv
+    expected = weights.seeded_tensor(name, tuple(OFFICIAL["fishnet99"]["shapes"][name]))
+    assert torch.equal(fishnet.bridge.se[5].weight, expected)
 
 
 def test_missing_unexpected_and_misshaped_keys_are_named(tmp_path):
