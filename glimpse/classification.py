@@ -20,6 +20,7 @@ PCA lighting 0.1; test: resize 256, centre crop 224.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -168,25 +169,34 @@ class ImageClassifier(nn.Module):
 # ResNets are torchvision's constructors (He init, zero-init of nothing), trained from scratch.
 
 
-def fishnet99_classifier(num_classes: int = 1000, **kwargs) -> ImageClassifier:
-    """FishNet-99 (16,628,904 parameters at 1000 classes) in the classifier contract."""
+def fishnet99_classifier(num_classes: int = 1000, *,
+                         pretrained: str | os.PathLike | None = None,
+                         **kwargs) -> ImageClassifier:
+    """FishNet-99 (16,628,904 parameters at 1000 classes) in the classifier contract;
+    ``pretrained``: local path of the official ImageNet checkpoint (``kevin-ssy/FishNet``)."""
     from glimpse.backbones.fishnet import fishnet99
 
-    return ImageClassifier(fishnet99(num_classes), num_classes, **kwargs)
+    return ImageClassifier(fishnet99(num_classes, pretrained=pretrained), num_classes, **kwargs)
 
 
-def fishnet150_classifier(num_classes: int = 1000, **kwargs) -> ImageClassifier:
-    """FishNet-150 (24,959,400 parameters at 1000 classes) in the classifier contract."""
+def fishnet150_classifier(num_classes: int = 1000, *,
+                          pretrained: str | os.PathLike | None = None,
+                          **kwargs) -> ImageClassifier:
+    """FishNet-150 (24,959,400 parameters at 1000 classes) in the classifier contract;
+    ``pretrained``: local path of the official ImageNet checkpoint (``kevin-ssy/FishNet``)."""
     from glimpse.backbones.fishnet import fishnet150
 
-    return ImageClassifier(fishnet150(num_classes), num_classes, **kwargs)
+    return ImageClassifier(fishnet150(num_classes, pretrained=pretrained), num_classes, **kwargs)
 
 
-def fishnet201_classifier(num_classes: int = 1000, **kwargs) -> ImageClassifier:
-    """FishNet-201 (44,584,552 parameters at 1000 classes) in the classifier contract."""
+def fishnet201_classifier(num_classes: int = 1000, *,
+                          pretrained: str | os.PathLike | None = None,
+                          **kwargs) -> ImageClassifier:
+    """FishNet-201 (44,584,552 parameters at 1000 classes) in the classifier contract;
+    ``pretrained``: local path of the official ImageNet checkpoint (``kevin-ssy/FishNet``)."""
     from glimpse.backbones.fishnet import fishnet201
 
-    return ImageClassifier(fishnet201(num_classes), num_classes, **kwargs)
+    return ImageClassifier(fishnet201(num_classes, pretrained=pretrained), num_classes, **kwargs)
 
 
 def fishnet_slim_classifier(num_classes: int = 1000, **kwargs) -> ImageClassifier:

@@ -25,11 +25,15 @@ identities, so the head's gradient reaches the stem through concatenations only.
 
 FishNet-188 (the backbone of the talk's COCO table) is not in the official code; see
 :func:`fishnet188` for the documented reconstruction used here.
+
+The official ImageNet checkpoints load with ``pretrained="/local/fishnet99_ckpt.tar"`` (any
+model and the detection trunk; key map in :mod:`glimpse.backbones.fishnet_official`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +41,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from glimpse.backbones.fishnet_official import load_official_fishnet
 
 __all__ = [
     "FishNetConfig",
@@ -242,6 +248,9 @@ class FishNet(nn.Module):
         config: block counts and widths (:data:`FISHNET99`, ...).
         num_classes: classifier outputs; ``None`` builds no classifier (detection trunk).
         norm_layer: normalisation constructor.
+        pretrained: local path of an official ``kevin-ssy/FishNet`` checkpoint (as released,
+            or a bare state dict), loaded after initialisation; without a classifier its
+            classifier tensors are ignored. ``None`` keeps the random init.
 
     Attributes:
         stage_channels: channels of ``all_feat[0..10]`` (stem, then stages 0..9).
@@ -249,7 +258,8 @@ class FishNet(nn.Module):
     """
 
     def __init__(self, config: FishNetConfig = FISHNET99, num_classes: int | None = 1000, *,
-                 norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+                 norm_layer: NormLayer = nn.BatchNorm2d,
+                 pretrained: str | os.PathLike | None = None) -> None:
         super().__init__()
         self.config = config
         p, res, trans = config.planes, config.num_res_blocks, config.num_trans_blocks
@@ -288,6 +298,8 @@ class FishNet(nn.Module):
         self.classifier = (None if num_classes is None else
                            _score(channels[-1], num_classes, pool=True, norm_layer=norm_layer))
         self._init_weights()
+        if pretrained is not None:
+            load_official_fishnet(self, pretrained)
 
     def _init_weights(self) -> None:
         """Official ``_init_weights``: conv weights N(0, sqrt(2 / (kh * kw * out))) (He,
@@ -346,14 +358,18 @@ class FishNetBackbone(nn.Module):
     Args:
         config: FishNet variant.
         norm_layer: normalisation constructor.
+        pretrained: local path of an official FishNet ImageNet checkpoint (see
+            :class:`FishNet`; its classifier is ignored).
     """
 
     _TAPS = {"c2": 7, "c3": 8, "c4": 9, "c5": 10}  # all_feat indices
 
     def __init__(self, config: FishNetConfig = FISHNET99, *,
-                 norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+                 norm_layer: NormLayer = nn.BatchNorm2d,
+                 pretrained: str | os.PathLike | None = None) -> None:
         super().__init__()
-        self.body = FishNet(config, num_classes=None, norm_layer=norm_layer)
+        self.body = FishNet(config, num_classes=None, norm_layer=norm_layer,
+                            pretrained=pretrained)
         self.out_channels: dict[str, int] = {k: self.body.stage_channels[i]
                                              for k, i in self._TAPS.items()}
         self.out_strides: dict[str, int] = {k: self.body.stage_strides[i]
@@ -406,7 +422,8 @@ def fishnet188(num_classes: int | None = None, **kwargs) -> FishNet:
 
 
 def fishnet_backbone(depth: int | FishNetConfig = 99, *,
-                     norm_layer: NormLayer = nn.BatchNorm2d) -> FishNetBackbone:
+                     norm_layer: NormLayer = nn.BatchNorm2d,
+                     pretrained: str | os.PathLike | None = None) -> FishNetBackbone:
     """FPN-ready FishNet trunk: ``depth`` in 99, 150, 188 (reconstruction), 201, or a config."""
     configs = {99: FISHNET99, 150: FISHNET150, 188: FISHNET188, 201: FISHNET201}
     if isinstance(depth, FishNetConfig):
@@ -416,7 +433,7 @@ def fishnet_backbone(depth: int | FishNetConfig = 99, *,
     else:
         raise ValueError(f"fishnet_backbone: depth must be one of {sorted(configs)} or a "
                          f"FishNetConfig, got {depth!r}")
-    return FishNetBackbone(config, norm_layer=norm_layer)
+    return FishNetBackbone(config, norm_layer=norm_layer, pretrained=pretrained)
 
 
 def fishnet99_backbone(**kwargs) -> FishNetBackbone:
