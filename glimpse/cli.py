@@ -112,6 +112,11 @@ def _add_train(sub) -> None:
     p.add_argument("--work-dir", required=True, type=Path, help="log, checkpoints, metrics")
     # unset options keep glimpse.engine.TrainConfig's defaults (importing it here costs torch)
     p.add_argument("--max-iters", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="train for this many minutes instead (--max-iters, if given, is then a "
+                        "cap): the "
+                        "iteration count is estimated from the step time and the lr steps "
+                        "placed on it; the count reached is in the log and the checkpoint")
     p.add_argument("--batch-size", type=int, default=None, help="per process")
     p.add_argument("--accumulate", type=int, default=None)
     p.add_argument("--checkpoint-every", type=int, default=None)
@@ -143,9 +148,12 @@ def _add_train(sub) -> None:
     p.set_defaults(run=_train)
 
 
+# --max-minutes without --max-iters: the budget alone sets the length
+_UNCAPPED_ITERS = 10**9
+
 # TrainConfig fields set by train's options of the same name
 _TRAIN_OPTIONS = ("max_iters", "batch_size", "accumulate", "checkpoint_every", "lr",
-                  "warmup_iters", "seed", "num_workers")
+                  "warmup_iters", "seed", "num_workers", "max_minutes")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -170,6 +178,8 @@ def _train(args: argparse.Namespace) -> int:
         _check_proposal_options(args.model, args.val_proposals, "--val-proposals")
     image_scale = None if args.image_scale is None else _image_scale(args.image_scale)
     options = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
+    if args.max_minutes is not None and args.max_iters is None:
+        options["max_iters"] = _UNCAPPED_ITERS
     cfg = TrainConfig(**{**options, "base_lr": zoo.base_lr(args.model)})
     train_set = build_dataset(args.data, split="train", data_root=args.data_root, train=True,
                               proposals=args.proposals)

@@ -9,9 +9,13 @@ What :func:`fit` does, in order:
 - joins the ``torchrun`` process group if there is one (DDP; ``gloo`` on CPU, ``nccl`` on GPU);
 - seeds Python, NumPy and torch with ``seed + rank`` and shards a seeded permutation of the
   dataset over ranks (:class:`~glimpse.engine.distributed.ShardedBatchSampler`);
-- runs ``max_iters`` optimiser steps of SGD (momentum 0.9, weight decay 1e-4) with the lr
-  linearly scaled from 0.02 per 16 images, linear warm-up and x0.1 steps, L2 gradient clipping
-  at 35 (mmdetection v1 ``faster_rcnn_r50_fpn_1x.py``), AMP on CUDA and gradient accumulation;
+- runs ``max_iters`` optimiser steps (or as many as a ``max_minutes`` budget holds) of SGD
+  (momentum 0.9, weight decay 1e-4) with the lr linearly scaled from 0.02 per 16 images,
+  linear warm-up and x0.1 steps, L2 gradient clipping at 35 (mmdetection v1
+  ``faster_rcnn_r50_fpn_1x.py``), AMP on CUDA and gradient accumulation;
+- with ``max_minutes``, sizes the run to a wall-time budget (see :class:`TrainConfig`): the
+  iteration count is estimated from the measured step time and frozen by half-way, so the
+  step decay still completes and the run is repeatable by its recorded iteration count;
 - logs every named loss per iteration (``TrainResult.history`` and ``WORK_DIR/log.jsonl``);
 - writes atomic checkpoints to ``WORK_DIR/checkpoints/iter_<N>.pt`` and ``WORK_DIR/last.pt``
   (rank 0 only), from which ``resume=True`` continues exactly (from the newest intact
@@ -94,6 +98,18 @@ class TrainConfig:
         num_threads: torch intra-op threads during training; ``None``: 1 on CPU (several
             processes share the cores), unchanged on GPU.
         find_unused_parameters: forwarded to DDP (detectors skip branches on some batches).
+        max_minutes: a training-time budget (the summed step times, evaluation excluded);
+            ``None``: ``max_iters`` steps. With a budget the run takes ``N = min(max_iters,
+            1 + (budget - first step) / mean later step)`` steps, with ``N`` re-estimated after
+            every step until at least 10 steps are measured and half of ``N`` is done, then
+            frozen. The lr milestones are 8/12 and 11/12 of ``N``, so the decay completes
+            within the budget. Every estimate keeps both milestones after the next step, so
+            the lr of every step equals that of a run with ``max_iters=N`` and no budget: the
+            count reached (``TrainResult.iterations``, the runner's manifest) repeats the run
+            exactly by iterations (and a budget of fewer than about 17 steps runs about 17,
+            the least that satisfies this). An lr schedule by elapsed fraction of time would
+            not: it would tie every lr to the machine's speed. ``lr_steps`` must then be
+            ``None``.
     """
 
     max_iters: int = 1000
@@ -117,6 +133,7 @@ class TrainConfig:
     num_workers: int = 0
     num_threads: int | None = None
     find_unused_parameters: bool = True
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         positive = ("max_iters", "batch_size", "base_batch_size", "accumulate", "log_every")
@@ -137,12 +154,21 @@ class TrainConfig:
             raise ValueError("TrainConfig.keep_checkpoints must be >= 1 or None")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError("TrainConfig.num_threads must be >= 1 or None")
+        if self.max_minutes is not None:
+            if not self.max_minutes > 0:
+                raise ValueError(f"TrainConfig.max_minutes must be > 0 or None, "
+                                 f"got {self.max_minutes}")
+            if self.lr_steps is not None:
+                raise ValueError("TrainConfig.lr_steps must be None with max_minutes (the "
+                                 "milestones follow the iteration count the budget holds)")
 
-    def milestones(self) -> tuple[int, ...]:
-        """Iterations where the lr drops by ``lr_gamma``."""
+    def milestones(self, total_iters: int | None = None) -> tuple[int, ...]:
+        """Iterations where the lr drops by ``lr_gamma`` in a run of ``total_iters`` steps
+        (default ``max_iters``)."""
         if self.lr_steps is not None:
             return self.lr_steps
-        return (self.max_iters * 8 // 12, self.max_iters * 11 // 12)
+        total = self.max_iters if total_iters is None else total_iters
+        return (total * 8 // 12, total * 11 // 12)
 
     def total_batch_size(self, world_size: int = 1) -> int:
         """Images per optimiser step over all processes."""
@@ -165,7 +191,8 @@ class TrainResult:
             starts with the entries read back from ``log.jsonl``.
         last_checkpoint: path of the checkpoint written at the end (``None`` on ranks > 0).
         work_dir: the run directory.
-        iterations: the iteration the run stopped at (``max_iters``).
+        iterations: the iteration the run stopped at (``max_iters``, or the count a
+            ``max_minutes`` budget held).
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -351,6 +378,9 @@ class _Trainer:
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
         )
+        # the run's length: max_iters, or with max_minutes the estimate, final once frozen
+        self.total = cfg.max_iters
+        self.frozen = cfg.max_minutes is None
         self.scheduler = WarmupMultiStepLR(
             self.optimizer,
             cfg.milestones(),
@@ -379,6 +409,8 @@ class _Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": states,
             "iteration": iteration,
+            "planned_iters": self.total,
+            "budget_frozen": self.frozen,
             "world_size": self.info.world_size,
             "config": dataclasses.asdict(self.cfg),
         }
@@ -460,6 +492,9 @@ class _Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        if self.cfg.max_minutes is not None:
+            self.total = min(self.cfg.max_iters, int(ckpt.get("planned_iters", self.total)))
+            self.frozen = bool(ckpt.get("budget_frozen", False))
         self._apply_schedule()
         states = ckpt["rng"]
         set_rng_state(states[self.info.rank % len(states)])
@@ -471,7 +506,7 @@ class _Trainer:
         (a loaded scheduler state carries the old milestones and peak lr); with an unchanged
         config this changes nothing."""
         cfg, sched = self.cfg, self.scheduler
-        sched.milestones = cfg.milestones()
+        sched.milestones = cfg.milestones(self.total)
         sched.gamma = cfg.lr_gamma
         sched.warmup_iters = cfg.warmup_iters
         sched.warmup_ratio = cfg.warmup_ratio
@@ -575,13 +610,13 @@ class _Trainer:
             )
         self.model.train()
         result = TrainResult(history=history, work_dir=self.work_dir, iterations=start)
-        if start >= cfg.max_iters:
+        if start >= self.total:
             result.last_checkpoint = self.work_dir / LAST_CHECKPOINT if info.is_main else None
             return result
 
         batches = iter(self._loader(start))
         bar = tqdm(
-            total=cfg.max_iters,
+            total=self.total,
             initial=start,
             desc="train",
             dynamic_ncols=True,
@@ -589,24 +624,54 @@ class _Trainer:
         )
         log = open(self.log_path, "a") if info.is_main else None
         try:
-            for it in range(start, cfg.max_iters):
+            it = start
+            while it < self.total:
                 entry = self._step(net, batches, it)
                 result.history.append(entry)
-                result.iterations = it + 1
-                if log is not None and ((it + 1) % cfg.log_every == 0 or it + 1 == cfg.max_iters):
+                it = result.iterations = it + 1
+                if not self.frozen:
+                    self._plan(result.history, it)
+                    bar.total = self.total
+                if log is not None and (it % cfg.log_every == 0 or it == self.total):
                     log.write(json.dumps(entry) + "\n")
                     log.flush()
                     bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
                 bar.update(1)
                 every = cfg.checkpoint_every
-                if (every and (it + 1) % every == 0) or it + 1 == cfg.max_iters:
-                    path = self._save(it + 1)
+                if (every and it % every == 0) or it == self.total:
+                    path = self._save(it)
                     result.last_checkpoint = path if info.is_main else None
         finally:
             bar.close()
             if log is not None:
                 log.close()
         return result
+
+    def _plan(self, history: list[dict[str, float]], done: int) -> None:
+        """Re-estimate the length of a ``max_minutes`` run after ``done`` steps (see
+        :class:`TrainConfig`); frozen once 10 steps are measured and half of it is done.
+
+        The pace is the mean step time without the first step (one-off costs: allocator,
+        lazy initialisation). Under DDP rank 0's estimate is broadcast, so every rank stops at
+        the same step."""
+        cfg = self.cfg
+        times = [h["time"] for h in history if "time" in h]
+        later = [h["time"] for h in history if "time" in h and h.get("iter") != 1] or times
+        pace = sum(later) / len(later)
+        left = cfg.max_minutes * 60.0 - sum(times)
+        estimate = done + max(0, int(left / pace)) if pace > 0 else cfg.max_iters
+        # the first milestone (8/12 of the length) stays after the next step: no step so far
+        # has seen a decay, so every lr equals that of a plain run of the final length
+        least = (3 * (done + 1) + 1) // 2
+        total = min(cfg.max_iters, max(estimate, least))
+        if self.info.world_size > 1:
+            agreed = torch.tensor([total], device=self.device)
+            dist.broadcast(agreed, 0)
+            total = int(agreed)
+        if total != self.total:
+            self.total = total
+            self._apply_schedule()
+        self.frozen = len(times) >= 10 and done >= self.total // 2
 
     def _step(self, net: nn.Module, batches: Any, it: int) -> dict[str, float]:
         """One optimiser step over ``accumulate`` micro-batches; returns its log entry."""

@@ -38,6 +38,7 @@ from glimpse.papers.runner import (
     RunRecord,
     Variant,
     coco_metrics,
+    finished_run,
     run_dir,
     train_and_evaluate,
     zoo_train_config,
@@ -70,6 +71,10 @@ __all__ = [
     "pick_example",
     "resolve",
     "run_baselines",
+    "target_table",
+    "CPU_MAX_SEED_STD",
+    "CPU_MINUTES",
+    "CPU_TARGETS",
     "two_stage_internals",
 ]
 
@@ -113,6 +118,8 @@ class DetectorRun:
         warmup_iters: linear warm-up length (mmdet: 500).
         model_kwargs: extra keywords of the zoo builder (e.g. fewer sampled RoIs for smoke).
         data: dataset trained and evaluated on instead of the profile's (e.g. ``"coco128"``).
+        max_minutes: a training-time budget; ``max_iters`` is then a cap and the run's length
+            is estimated from its step time (:class:`~glimpse.engine.train.TrainConfig`).
     """
 
     model: str
@@ -122,6 +129,7 @@ class DetectorRun:
     warmup_iters: int = 500
     model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     data: str | None = None
+    max_minutes: float | None = None
 
     @property
     def label(self) -> str:
@@ -146,7 +154,7 @@ class CodebaseConfig:
         val_data: dataset name evaluated on (its ``val`` split).
         data_root: data folder (``""``: the dataset's default).
         device: resolved device string.
-        seed: seed of every run.
+        seed: seed of every run (the first seed with ``num_seeds`` > 1).
         runs: the baselines.
         image_scale: detector input scale; ``None`` uses the dataset's default.
         eval_batch_size: images per inference batch.
@@ -158,6 +166,8 @@ class CodebaseConfig:
         reuse_finished: reuse runs already finished in ``work_dir`` with the same spec and
             resume unfinished ones (see :mod:`glimpse.papers.runner`); ``False`` retrains
             every run (smoke: the notebook check must exercise training).
+        num_seeds: every run is trained with seeds ``seed .. seed + num_seeds - 1``; the tables
+            report the mean (and :func:`target_table` mean and std) over them.
     """
 
     profile: str
@@ -173,6 +183,12 @@ class CodebaseConfig:
     deterministic: bool = True
     dry_run: bool = False
     reuse_finished: bool = False
+    num_seeds: int = 1
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The seeds every run is trained with."""
+        return tuple(range(self.seed, self.seed + self.num_seeds))
 
     @property
     def data(self) -> str:
@@ -195,18 +211,36 @@ def _smoke_runs() -> tuple[DetectorRun, ...]:
     )
 
 
-# cpu: the same detectors at 256 px for several minutes each (the sizing guide: AP 0.65 after
-# 8 minutes for Faster R-CNN slim at 256 px), plus the RPN and Cascade Mask R-CNN.
+# cpu: issue 14's learning targets. Every detector trains for CPU_MINUTES of one thread on
+# 256 px synthetic shapes, over 3 seeds, in priority order (Faster R-CNN, RetinaNet, Mask R-CNN,
+# Cascade R-CNN, then Cascade Mask R-CNN, the RPN and Faster R-CNN on COCO128). The budget sets
+# each run's iteration count (recorded in its manifest; max_iters only caps it).
+CPU_MINUTES = 10.0
+_CPU_ITERS_CAP = 100_000
+
+
 def _cpu_runs() -> tuple[DetectorRun, ...]:
-    two_stage = ("faster_rcnn", "mask_rcnn", "cascade_rcnn", "cascade_mask_rcnn")
-    runs = [DetectorRun(f"{f}_slim_fpn", 3000 if f == "faster_rcnn" else 1500, 4, lr=0.02,
-                        warmup_iters=200) for f in two_stage]
-    runs.append(DetectorRun("retinanet_slim_fpn", 1500, 4, lr=0.01, warmup_iters=200))
-    runs.append(DetectorRun("rpn_slim_fpn", 1500, 4, lr=0.02, warmup_iters=200))
-    # real images: the first 112 COCO128 images, evaluated on its last 16 (glimpse.data)
-    runs.append(DetectorRun("faster_rcnn_slim_fpn", 1500, 4, lr=0.02, warmup_iters=200,
-                            data="coco128"))
-    return tuple(runs)
+    def run(model: str, lr: float, **kw: Any) -> DetectorRun:
+        return DetectorRun(model, _CPU_ITERS_CAP, 4, lr=lr, warmup_iters=200,
+                           max_minutes=CPU_MINUTES, **kw)
+
+    return (run("faster_rcnn_slim_fpn", 0.02), run("retinanet_slim_fpn", 0.01),
+            run("mask_rcnn_slim_fpn", 0.02), run("cascade_rcnn_slim_fpn", 0.02),
+            run("cascade_mask_rcnn_slim_fpn", 0.02), run("rpn_slim_fpn", 0.02),
+            # real images: the first 112 COCO128 images, evaluated on its last 16 (glimpse.data)
+            run("faster_rcnn_slim_fpn", 0.02, data="coco128"))
+
+
+# The cpu profile's targets (issue 14), COCO AP x 100: (run label, metric, at least this value,
+# or above the mean of this run's same metric). Every target also asks for a seed standard
+# deviation of at most CPU_MAX_SEED_STD.
+CPU_TARGETS: tuple[tuple[str, str, float | str], ...] = (
+    ("faster_rcnn_slim_fpn", "box_AP", 60.0),
+    ("retinanet_slim_fpn", "box_AP", 50.0),
+    ("mask_rcnn_slim_fpn", "mask_AP", 50.0),
+    ("cascade_rcnn_slim_fpn", "box_AP", "faster_rcnn_slim_fpn"),
+)
+CPU_MAX_SEED_STD = 2.0
 
 
 # full: mmdetection's R-50-FPN 1x: 12 epochs at 16 images per step (8 GPUs x 2, lr 0.02,
@@ -224,7 +258,7 @@ _FULL_RUNS = tuple(
 PROFILES: dict[str, CodebaseConfig] = {
     "smoke": CodebaseConfig("smoke", "synthetic-smoke", "synthetic-smoke", runs=_smoke_runs()),
     "cpu": CodebaseConfig("cpu", "synthetic-cpu", "synthetic-cpu", runs=_cpu_runs(),
-                          reuse_finished=True),
+                          reuse_finished=True, num_seeds=3),
     # the notebook only checks the full configuration; training runs through torchrun
     # (see full_commands) and evaluation through `python -m glimpse evaluate`
     "full": CodebaseConfig("full", "coco", "coco", runs=_FULL_RUNS, eval_batch_size=2,
@@ -349,7 +383,7 @@ def baseline_variant(cfg: CodebaseConfig, run: DetectorRun, train_set: Any) -> V
         run.model, max_iters=run.max_iters, batch_size=run.batch_size, lr=run.lr,
         warmup_iters=min(run.warmup_iters, run.max_iters), amp=cfg.device != "cpu",
         checkpoint_every=0, keep_checkpoints=1, log_every=1, seed=cfg.seed,
-        num_threads=1 if cfg.device == "cpu" else None)
+        num_threads=1 if cfg.device == "cpu" else None, max_minutes=run.max_minutes)
     return Variant(run.label, run.model, train,
                    {**run.model_kwargs, "image_scale": tuple(scale)})
 
@@ -361,13 +395,16 @@ def baseline_evaluator(cfg: CodebaseConfig, run: DetectorRun) -> Evaluator:
 
 
 def baseline_table(cfg: CodebaseConfig, measured: Mapping[str, Mapping[str, float]],
-                   root: str | os.PathLike | None = None) -> pd.DataFrame:
+                   root: str | os.PathLike | None = None,
+                   iterations: Mapping[str, int] | None = None) -> pd.DataFrame:
     """Measured metrics of each run beside the mmdetection R-50-FPN 1x values.
 
     Args:
         cfg: the resolved configuration (its profile, data and runs label every row).
         measured: ``{run.label: {metric: value}}`` (:attr:`BaselineRuns.measured`).
         root: results folder holding ``codebase/paper/mmdet_r50_1x.csv``.
+        iterations: iterations each run trained (:meth:`BaselineRuns.mean_iterations`; a
+            time-budgeted run's count); default ``run.max_iters``.
 
     Returns:
         One row per run: ``model``, ``detector``, ``iters``, ``batch``, then for each of
@@ -382,7 +419,8 @@ def baseline_table(cfg: CodebaseConfig, measured: Mapping[str, Mapping[str, floa
             continue
         m = measured[run.label]
         fam = run.family
-        row: dict[str, Any] = {"model": run.label, "detector": fam, "iters": run.max_iters,
+        iters = (iterations or {}).get(run.label, run.max_iters)
+        row: dict[str, Any] = {"model": run.label, "detector": fam, "iters": iters,
                                "batch": run.batch_size}
         for metric in ("box_AP", "mask_AP", "AR1000"):
             ref = paper[metric].get(fam) if fam in paper.index else float("nan")
@@ -445,24 +483,46 @@ def pick_example(dataset: Any, candidates: int = 20) -> tuple[Tensor, dict[str, 
 @dataclass
 class BaselineRuns:
     """Trained baselines of a profile by run label: models (eval mode), histories, metrics
-    (:data:`_BASELINE_METRICS` the evaluator returned) and runner records."""
+    (:data:`_BASELINE_METRICS` the evaluator returned, the mean over the seeds run) and runner
+    records; models, histories and records are those of the first seed run.
+
+    Attributes:
+        seed_rows: one dict per (run, seed): ``model`` (the run label), ``seed``,
+            ``iterations``, ``train_minutes`` and the :data:`_BASELINE_METRICS` values.
+    """
 
     models: dict[str, nn.Module]
     histories: dict[str, list[dict[str, float]]]
     measured: dict[str, dict[str, float]]
     records: dict[str, RunRecord]
+    seed_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def seed_table(self) -> pd.DataFrame:
+        """:attr:`seed_rows` as a table."""
+        return pd.DataFrame(self.seed_rows)
+
+    def mean_iterations(self) -> dict[str, int]:
+        """Run label -> iterations trained, the mean over its seeds (rounded)."""
+        table = self.seed_table()
+        if table.empty:
+            return {}
+        means = table.groupby("model", sort=False)["iterations"].mean()
+        return {label: int(round(v)) for label, v in means.items()}
 
 
 def run_baselines(cfg: CodebaseConfig, data: tuple[Any, Any] | None = None, *,
-                  verbose: bool = True) -> BaselineRuns:
-    """Train and evaluate every run of ``cfg`` through :func:`glimpse.papers.runner.
-    train_and_evaluate` (seeded with ``cfg.seed``; deterministic on CPU when
-    ``cfg.deterministic``; finished runs reused when ``cfg.reuse_finished``).
+                  verbose: bool = True, finished_only: bool = False) -> BaselineRuns:
+    """Train and evaluate every run of ``cfg`` with every seed of ``cfg.seeds`` (run by run,
+    so the first runs' seeds finish first) through :func:`glimpse.papers.runner.
+    train_and_evaluate` (deterministic on CPU when ``cfg.deterministic``; finished runs reused
+    when ``cfg.reuse_finished``).
 
     Args:
         cfg: resolved configuration (nothing runs when ``cfg.dry_run``).
         data: the profile's ``(train, val)`` datasets, if already loaded.
-        verbose: print one line per run (model, time, metrics).
+        verbose: print one line per run (model, seed, iterations, time, metrics).
+        finished_only: train nothing; collect the (run, seed) pairs finished in the work dir
+            (e.g. to tabulate a profile whose runs are done one process at a time).
     """
     out = BaselineRuns({}, {}, {}, {})
     if cfg.dry_run:
@@ -472,22 +532,82 @@ def run_baselines(cfg: CodebaseConfig, data: tuple[Any, Any] | None = None, *,
         if run.data not in cache:
             cache[run.data] = load_data(cfg, run.data)
         train, val = cache[run.data]
-        trained = train_and_evaluate(
-            baseline_variant(cfg, run, train), train, val, seed=cfg.seed,
-            work_dir=run_dir(_work_dir(cfg), run.label, cfg.seed), device=cfg.device,
-            evaluate=baseline_evaluator(cfg, run), deterministic=cfg.deterministic,
-            reuse=cfg.reuse_finished)
-        record = trained.record
-        out.measured[run.label] = {k: record.metrics[k] for k in _BASELINE_METRICS
-                                   if k in record.metrics}
-        out.models[run.label] = trained.model
-        out.histories[run.label] = trained.history
-        out.records[run.label] = record
-        if verbose:
-            metrics = ", ".join(f"{k} {v:.1f}" for k, v in out.measured[run.label].items())
-            how = "reused" if trained.reused else f"{record.wall_seconds:.0f} s"
-            print(f"{run.label}: {run.max_iters} iterations, {how}; {metrics}", flush=True)
+        variant = baseline_variant(cfg, run, train)
+        evaluate = baseline_evaluator(cfg, run)
+        per_seed: list[dict[str, float]] = []
+        for seed in cfg.seeds:
+            work_dir = run_dir(_work_dir(cfg), run.label, seed)
+            if finished_only and finished_run(variant, train, val, seed=seed, work_dir=work_dir,
+                                              evaluate=evaluate) is None:
+                continue
+            trained = train_and_evaluate(
+                variant, train, val, seed=seed, work_dir=work_dir, device=cfg.device,
+                evaluate=evaluate, deterministic=cfg.deterministic,
+                reuse=cfg.reuse_finished or finished_only)
+            record = trained.record
+            metrics = {k: record.metrics[k] for k in _BASELINE_METRICS if k in record.metrics}
+            per_seed.append(metrics)
+            out.seed_rows.append({"model": run.label, "seed": seed,
+                                  "iterations": record.iterations,
+                                  "train_minutes": record.train_seconds / 60.0, **metrics})
+            if run.label not in out.models:
+                out.models[run.label] = trained.model
+                out.histories[run.label] = trained.history
+                out.records[run.label] = record
+            if verbose:
+                shown = ", ".join(f"{k} {v:.1f}" for k, v in metrics.items())
+                how = "reused" if trained.reused else f"{record.wall_seconds:.0f} s"
+                name = run.label if len(cfg.seeds) == 1 else f"{run.label} seed {seed}"
+                print(f"{name}: {record.iterations} iterations, {how}; {shown}", flush=True)
+        if per_seed:
+            out.measured[run.label] = {k: sum(m[k] for m in per_seed) / len(per_seed)
+                                       for k in per_seed[0]}
     return out
+
+
+def target_table(cfg: CodebaseConfig, runs: BaselineRuns,
+                 targets: Sequence[tuple[str, str, float | str]] = CPU_TARGETS,
+                 max_std: float = CPU_MAX_SEED_STD) -> pd.DataFrame:
+    """Each learning target against the seeds run: mean and standard deviation (ddof 1).
+
+    Args:
+        cfg: the configuration (its seeds are the ones a target needs).
+        runs: :func:`run_baselines` output.
+        targets: ``(run label, metric, bound)``; ``bound`` is a value the mean must reach, or
+            the label of a run whose mean of the same metric it must exceed.
+        max_std: the largest seed standard deviation a met target may have.
+
+    Returns:
+        One row per target: ``model``, ``metric``, ``seeds`` (how many ran), ``mean``,
+        ``std``, ``target`` (the bound, as text), ``verdict``: ``"met"``, ``"not met"``, or
+        ``"pending"`` while fewer than ``cfg.num_seeds`` seeds (or the compared run's) ran.
+    """
+    table = runs.seed_table()
+    need = len(cfg.seeds)
+
+    def values(label: str, metric: str) -> pd.Series:
+        if table.empty or metric not in table:
+            return pd.Series(dtype=float)
+        return table.loc[table["model"] == label, metric].dropna().astype(float)
+
+    rows = []
+    for label, metric, bound in targets:
+        got = values(label, metric)
+        mean = float(got.mean()) if len(got) else math.nan
+        std = float(got.std(ddof=1)) if len(got) > 1 else math.nan
+        if isinstance(bound, str):
+            other = values(bound, metric)
+            limit = float(other.mean()) if len(other) else math.nan
+            text = f"> {bound} ({limit:.1f})" if len(other) else f"> {bound}"
+            complete = len(got) >= need and len(other) >= need
+            reached = mean > limit
+        else:
+            text, complete, reached = f">= {bound:g}", len(got) >= need, mean >= bound
+        verdict = ("pending" if not complete
+                   else "met" if reached and std <= max_std else "not met")
+        rows.append({"model": label, "metric": metric, "seeds": len(got), "mean": mean,
+                     "std": std, "target": f"{text}, std <= {max_std:g}", "verdict": verdict})
+    return pd.DataFrame(rows)
 
 
 def full_commands(cfg: CodebaseConfig, gpus: int = 8) -> pd.DataFrame:

@@ -59,6 +59,7 @@ __all__ = [
     "Variant",
     "coco_metrics",
     "compare_paired",
+    "finished_run",
     "first_images",
     "read_manifest",
     "run_dir",
@@ -269,6 +270,21 @@ def read_manifest(work_dir: str | Path, spec: Mapping[str, Any] | None = None
         return RunRecord(**content["record"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def finished_run(variant: Variant, train_set: Dataset, val_set: Dataset, *, seed: int,
+                 work_dir: str | Path, evaluate: Evaluator | None = None,
+                 max_eval_images: int | None = None) -> RunRecord | None:
+    """The record of ``variant``'s run with ``seed`` in ``work_dir`` if it is finished (a
+    manifest of the same spec and its checkpoint), else ``None``; trains nothing. Arguments as
+    :func:`train_and_evaluate`'s."""
+    evaluate = evaluate or coco_metrics()
+    train = dataclasses.replace(variant.train, seed=seed)
+    spec = _spec(variant, train, train_set, first_images(val_set, max_eval_images), evaluate)
+    record = read_manifest(work_dir, spec)
+    if record is None or not record.checkpoint or not Path(record.checkpoint).is_file():
+        return None
+    return record
 
 
 def _read_history(work_dir: Path) -> list[dict[str, float]]:

@@ -155,3 +155,18 @@ def test_train_end_to_end_on_synthetic_smoke(tmp_path, capsys):
     assert main(["train", *argv, "--resume", "--no-eval"]) == 1
     err = _one_line_error(capsys, "no intact checkpoint to resume from")
     assert err.startswith("glimpse train: error: ")
+
+
+def test_train_with_a_time_budget_records_it(tmp_path, capsys):
+    # a budget far below one step: --max-iters caps the run
+    work = tmp_path / "budget"
+    assert main(["train", "faster_rcnn_slim_fpn", "--data", "synthetic-smoke", "--max-minutes",
+                 "0.001", "--max-iters", "3", "--batch-size", "1", "--work-dir", str(work),
+                 "--device", "cpu", "--no-eval"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert json.loads((work / "config.json").read_text())["max_minutes"] == 0.001
+    ckpt = torch.load(work / "last.pt", weights_only=False)
+    assert ckpt["iteration"] == ckpt["planned_iters"] == 3
+    assert main(["train", "faster_rcnn_slim_fpn", "--data", "synthetic-smoke", "--max-minutes",
+                 "0", "--work-dir", str(tmp_path / "bad")]) == 1
+    _one_line_error(capsys, "max_minutes")

@@ -386,3 +386,93 @@ def test_resume_with_a_longer_schedule_warns_and_follows_the_new_config(tmp_path
     lrs = {h["iter"]: h["lr"] for h in result.history}
     assert lrs[8] == pytest.approx(0.05) and lrs[9] == pytest.approx(0.005)  # the first run
     assert [lrs[i] for i in (11, 12, 13, 14)] == pytest.approx([0.1, 0.1, 0.01, 0.01])
+
+
+# ---------------------------------------------------------------- wall-time budget
+
+
+class _FakeClock:
+    """``perf_counter`` for :mod:`glimpse.engine.train`: step ``k`` (1-based) lasts
+    ``seconds(k)`` (``_step`` reads the clock twice a step)."""
+
+    def __init__(self, seconds):
+        self.seconds, self.now, self.calls = seconds, 0.0, 0
+
+    def perf_counter(self) -> float:
+        self.calls += 1
+        if self.calls % 2 == 0:  # the end of step calls // 2
+            self.now += self.seconds(self.calls // 2)
+        return self.now
+
+
+def _budget_fit(monkeypatch, work, seconds, **cfg):
+    import glimpse.engine.train as train_module
+
+    monkeypatch.setattr(train_module, "time", _FakeClock(seconds))
+    net = ToyNet()
+    result = fit(net, ToyDataset(), toy_config(**cfg), work, collate_fn=toy_collate)
+    monkeypatch.undo()
+    return net, result
+
+
+def test_a_budget_run_fits_its_budget_and_completes_the_decay(monkeypatch, tmp_path):
+    # 2 s for the first step, 0.5 s after: 1 + (30 - 2) / 0.5 = 57 steps in 30 s
+    net, result = _budget_fit(monkeypatch, tmp_path, lambda k: 2.0 if k == 1 else 0.5,
+                              max_iters=1000, max_minutes=0.5, checkpoint_every=0)
+    assert result.iterations == 57
+    assert sum(h["time"] for h in result.history) == pytest.approx(30.0)
+    lrs = [h["lr"] for h in result.history]
+    assert lrs[-1] == pytest.approx(0.05 * 0.01)  # both decays (at 38 and 52) happened
+    assert [i for i in range(1, 57) if lrs[i] < lrs[i - 1] * 0.5] == [38, 52]
+    assert load_checkpoint(result.last_checkpoint)["planned_iters"] == 57
+    # capped by max_iters
+    _, capped = _budget_fit(monkeypatch, tmp_path / "cap", lambda k: 0.5, max_iters=20,
+                            max_minutes=0.5, checkpoint_every=0)
+    assert capped.iterations == 20
+
+
+def test_a_budget_run_repeats_by_its_iteration_count(monkeypatch, tmp_path):
+    """The pace changes mid-run (the estimate moves several times before it freezes); a plain
+    run of the count reached has the same lrs, data order and weights."""
+    budget, result = _budget_fit(monkeypatch, tmp_path / "budget",
+                                 lambda k: 1.0 if k <= 6 else (0.25 if k < 20 else 0.4),
+                                 max_iters=1000, max_minutes=0.4, checkpoint_every=0)
+    n = result.iterations
+    assert 40 < n < 80
+    plain = ToyNet()
+    again = fit(plain, ToyDataset(), toy_config(max_iters=n, checkpoint_every=0),
+                tmp_path / "plain", collate_fn=toy_collate)
+    assert [h["lr"] for h in again.history] == [h["lr"] for h in result.history]
+    assert plain.seen == budget.seen
+    _assert_same_weights(plain.state_dict(), budget.state_dict())
+
+
+def test_a_budget_run_resumes_exactly(monkeypatch, tmp_path):
+    step = lambda k: 2.0 if k == 1 else 0.5  # noqa: E731
+    full, result = _budget_fit(monkeypatch, tmp_path / "full", step, max_iters=1000,
+                               max_minutes=0.5, checkpoint_every=10)
+    run = tmp_path / "cut"  # died after iteration 20, before the estimate froze (at 29)
+    shutil.copytree(tmp_path / "full", run)
+    for p in (run / "checkpoints").glob("*.pt"):
+        if int(p.stem.split("_")[1]) > 20:
+            p.unlink()
+    shutil.copyfile(run / "checkpoints" / "iter_20.pt", run / "last.pt")
+    import glimpse.engine.train as train_module
+
+    clock = _FakeClock(lambda k: 0.5)
+    monkeypatch.setattr(train_module, "time", clock)
+    resumed = ToyNet()
+    again = fit(resumed, ToyDataset(), toy_config(max_iters=1000, max_minutes=0.5,
+                                                  checkpoint_every=10),
+                run, resume=True, collate_fn=toy_collate)
+    assert again.iterations == result.iterations == 57
+    assert resumed.seen == full.seen[20:]
+    _assert_same_weights(resumed.state_dict(), full.state_dict())
+
+
+def test_budget_config_errors():
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainConfig(max_minutes=0)
+    with pytest.raises(ValueError, match="lr_steps must be None with max_minutes"):
+        TrainConfig(max_minutes=1.0, lr_steps=(5,))
+    assert TrainConfig(max_iters=30).milestones(12) == (8, 11)

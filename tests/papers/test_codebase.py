@@ -252,3 +252,58 @@ def test_two_stage_internals_on_an_untrained_model():
     for fig in (cb.figure_rpn(image, internals),
                 cb.figure_cascade_stages(image, internals, target)):
         plt.close(fig)
+
+
+def test_cpu_profile_trains_each_baseline_for_ten_minutes_over_three_seeds():
+    cfg = cb.resolve("cpu", device="cpu", seed=5)
+    assert cfg.seeds == (5, 6, 7)
+    assert cb.resolve("smoke", device="cpu", seed=5).seeds == (5,)
+    assert [r.label for r in cfg.runs[:4]] == [
+        "faster_rcnn_slim_fpn", "retinanet_slim_fpn", "mask_rcnn_slim_fpn",
+        "cascade_rcnn_slim_fpn"]  # the priority order
+    assert all(r.max_minutes == cb.CPU_MINUTES == 10.0 for r in cfg.runs)
+    assert {label for label, _, _ in cb.CPU_TARGETS} <= {r.label for r in cfg.runs}
+
+    class _Set:
+        default_image_scale = (256, 256)
+
+    train = cb.baseline_variant(cfg, cfg.runs[0], _Set()).train
+    assert train.max_minutes == 10.0 and train.max_iters == cfg.runs[0].max_iters
+    smoke = cb.resolve("smoke", device="cpu")
+    assert cb.baseline_variant(smoke, smoke.runs[0], _Set()).train.max_minutes is None
+
+
+def test_target_table_verdicts_by_hand():
+    cfg = cb.resolve("cpu", device="cpu")
+    rows = [{"model": "faster_rcnn_slim_fpn", "seed": s, "box_AP": v}
+            for s, v in enumerate([61.0, 62.0, 60.0])]  # mean 61, std 1
+    rows += [{"model": "retinanet_slim_fpn", "seed": s, "box_AP": v}
+             for s, v in enumerate([55.0, 56.0])]  # 2 of 3 seeds
+    rows += [{"model": "mask_rcnn_slim_fpn", "seed": s, "box_AP": 50.0, "mask_AP": v}
+             for s, v in enumerate([55.0, 50.0, 60.0])]  # mean 55 but std 5
+    rows += [{"model": "cascade_rcnn_slim_fpn", "seed": s, "box_AP": v}
+             for s, v in enumerate([61.5, 61.5, 61.5])]  # above 61, std 0
+    runs = cb.BaselineRuns({}, {}, {}, {}, rows)
+    table = cb.target_table(cfg, runs).set_index("model")
+    assert table["verdict"].to_dict() == {
+        "faster_rcnn_slim_fpn": "met", "retinanet_slim_fpn": "pending",
+        "mask_rcnn_slim_fpn": "not met", "cascade_rcnn_slim_fpn": "met"}
+    assert table.loc["faster_rcnn_slim_fpn", "mean"] == pytest.approx(61.0)
+    assert table.loc["faster_rcnn_slim_fpn", "std"] == pytest.approx(1.0)
+    assert table.loc["mask_rcnn_slim_fpn", "seeds"] == 3
+    assert table.loc["cascade_rcnn_slim_fpn", "target"] == \
+        "> faster_rcnn_slim_fpn (61.0), std <= 2"
+    assert table.loc["faster_rcnn_slim_fpn", "target"] == ">= 60, std <= 2"
+    # cascade at or below faster's mean is not met
+    low = [dict(r, box_AP=60.0) if r["model"] == "cascade_rcnn_slim_fpn" else r for r in rows]
+    low_table = cb.target_table(cfg, cb.BaselineRuns({}, {}, {}, {}, low)).set_index("model")
+    assert low_table.loc["cascade_rcnn_slim_fpn", "verdict"] == "not met"
+    counted = cb.BaselineRuns({}, {}, {}, {}, [
+        {"model": "a", "seed": 0, "iterations": 900},
+        {"model": "a", "seed": 1, "iterations": 1000},
+        {"model": "b", "seed": 0, "iterations": 10}])
+    assert counted.mean_iterations() == {"a": 950, "b": 10}
+    assert cb.baseline_table(cfg, {"faster_rcnn_slim_fpn": {"box_AP": 1.0}},
+                             iterations={"faster_rcnn_slim_fpn": 950})["iters"].tolist() == [950]
+    empty = cb.target_table(cfg, cb.BaselineRuns({}, {}, {}, {}))
+    assert (empty["verdict"] == "pending").all() and (empty["seeds"] == 0).all()

@@ -251,3 +251,22 @@ def test_zoo_detector_on_first_images_leaves_the_dataset_alone(tmp_path):
     # the reloaded model is the trained one
     for a, b in zip(run.model.state_dict().values(), again.model.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+def test_finished_run_reads_only_a_finished_run_of_the_same_spec(tmp_path):
+    data = _Images()
+    ev = _Evaluator()
+    small = _variants()[0]
+    work = runner.run_dir(tmp_path, small.name, 0)
+    assert runner.finished_run(small, data, data, seed=0, work_dir=work, evaluate=ev) is None
+    run_variants([small], data, data, [0], work_root=tmp_path, evaluate=ev)
+    record = runner.finished_run(small, data, data, seed=0, work_dir=work, evaluate=ev)
+    assert record is not None and record.seed == 0 and record.iterations == 3
+    assert ev.calls == 1  # finished_run evaluates (and trains) nothing
+    longer = _variants(iters=4)[0]
+    assert runner.finished_run(longer, data, data, seed=0, work_dir=work, evaluate=ev) is None
+    assert runner.finished_run(small, data, data, seed=1, work_dir=work, evaluate=ev) is None
+    (work / "last.pt").unlink()  # a run whose checkpoint has gone is not finished
+    for p in (work / "checkpoints").glob("*.pt"):
+        p.unlink()
+    assert runner.finished_run(small, data, data, seed=0, work_dir=work, evaluate=ev) is None
