@@ -381,7 +381,7 @@ def _add_test(sub) -> None:
 
 def _test(args: argparse.Namespace) -> int:
     from glimpse import checkpoints, zoo
-    from glimpse.data import CocoDetection, with_proposals
+    from glimpse.data import CocoDetection, DatasetError, with_proposals
     from glimpse.engine.coco_eval import evaluate_to_file
 
     if args.model not in zoo.MODELS:
@@ -401,7 +401,10 @@ def _test(args: argparse.Namespace) -> int:
     if args.proposals is not None:
         dataset = with_proposals(dataset, args.proposals, limit=None)
     ckpt = checkpoints.read_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
-    label_to_cat_id = _label_to_cat_id(ckpt, dataset, checkpoints.class_names_of(ckpt))
+    try:
+        label_to_cat_id = dataset.label_map_for(checkpoints.class_names_of(ckpt))
+    except DatasetError as e:
+        raise CommandError(f"{ckpt.path}: {e}") from None
     model = zoo.build(args.model, len(label_to_cat_id), checkpoint=ckpt, **scale)
     if args.score_thr is not None:
         _set_score_threshold(model, args.score_thr)
@@ -457,19 +460,6 @@ def _set_score_threshold(model, score_thr: float) -> None:
     for head in (getattr(model, "roi_head", None), getattr(model, "head", None)):
         if head is not None and hasattr(head, "test_cfg"):
             head.test_cfg = replace(head.test_cfg, score_thr=score_thr)
-
-
-def _label_to_cat_id(ckpt, dataset, class_names: list[str] | None) -> dict[int, int]:
-    """Model label -> COCO category id: by class name when the checkpoint names its classes,
-    else the annotation file's categories in id order."""
-    if class_names is None:
-        return dict(dataset.label_to_cat_id)
-    by_name = {dataset.coco.cats[c]["name"]: c for c in dataset.coco.cats}
-    missing = [n for n in class_names if n not in by_name]
-    if missing:
-        raise CommandError(f"{ckpt.path}: class {missing[0]!r} of the checkpoint is not a "
-                           f"category of {dataset.ann_file} ({len(missing)} missing)")
-    return {i + 1: by_name[n] for i, n in enumerate(class_names)}
 
 
 # ------------------------------------------------------------------------------------ reproduce

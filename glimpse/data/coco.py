@@ -489,6 +489,23 @@ class CocoDetection(torch.utils.data.Dataset):
         self.num_dropped = sum(dropped.values())
         return out
 
+    def label_map_for(self, class_names: Sequence[str] | None) -> dict[int, int]:
+        """Model label -> COCO category id for a model trained on ``class_names`` (label
+        ``i + 1`` is ``class_names[i]``), matched by name; ``None`` means this file's own
+        categories in id order.
+
+        Raises:
+            DatasetError: a class name is not a category of this annotation file.
+        """
+        if class_names is None:
+            return dict(self.label_to_cat_id)
+        by_name = {self.coco.cats[c]["name"]: c for c in self.coco.cats}
+        missing = [n for n in class_names if n not in by_name]
+        if missing:
+            raise DatasetError(f"class {missing[0]!r} is not a category of {self.ann_file} "
+                               f"({len(missing)} missing)")
+        return {i + 1: by_name[n] for i, n in enumerate(class_names)}
+
     def __len__(self) -> int:
         return len(self.ids)
 

@@ -59,6 +59,7 @@ __all__ = [
     "lr_factor",
     "fit",
     "load_checkpoint",
+    "to_device",
     "LOG_FILE",
     "LAST_CHECKPOINT",
     "CHECKPOINT_DIR",
@@ -684,7 +685,7 @@ class _Trainer:
             batch = next(batches)
             if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
                 raise TypeError("collate_fn must return an (images, targets) pair")
-            images, targets = _to_device(batch, self.device)
+            images, targets = to_device(batch, self.device)
             last_micro = micro == cfg.accumulate - 1
             sync = (
                 net.no_sync()
@@ -728,14 +729,14 @@ class _Trainer:
         }
 
 
-def _to_device(obj: Any, device: torch.device) -> Any:
+def to_device(obj: Any, device: torch.device) -> Any:
     """Move every tensor inside nested lists/tuples/dicts to ``device``."""
     if isinstance(obj, Tensor):
         return obj.to(device, non_blocking=True)
     if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
+        return {k: to_device(v, device) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
+        return type(obj)(to_device(v, device) for v in obj)
     return obj
 
 

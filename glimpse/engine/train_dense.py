@@ -54,6 +54,7 @@ from glimpse.engine.train import (
     NonFiniteLossError,
     TrainResult,
     load_checkpoint,
+    to_device,
 )
 from glimpse.io import atomic_write
 
@@ -234,16 +235,6 @@ def _collate_segmentation(batch: Sequence[tuple[Tensor, Any]]) -> tuple[list[Ten
     return [im for im, _ in batch], [t for _, t in batch]
 
 
-def _to(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(v, device) for v in obj)
-    return obj
-
-
 def _loss_total(outputs: dict[str, Tensor], iteration: int) -> tuple[Tensor, dict[str, float]]:
     """Sum of the ``loss_*`` entries, and every entry as a float (the others are logged
     diagnostics, as in ``fit``); raises before any backward when a loss is not finite."""
@@ -346,7 +337,7 @@ class _DenseLoop:
                                                    desc="train", disable=None) as bar:
             for it in range(start, cfg.max_iters):
                 t0 = time.perf_counter()
-                entry = {"iter": it + 1, **step(it, _to(next(batches), self.device))}
+                entry = {"iter": it + 1, **step(it, to_device(next(batches), self.device))}
                 entry["time"] = time.perf_counter() - t0
                 result.history.append(entry)
                 result.iterations = it + 1

@@ -64,6 +64,7 @@ __all__ = [
     "pyramid_table",
     "figure_roi_assignment",
     "full_commands",
+    "work_dir_of",
     "glimpse_methods",
     "load_data",
     "paper_baselines",
@@ -285,7 +286,9 @@ def resolve(profile: str, *, device: str = "auto", data_root: str = "", seed: in
                            data_root=str(data_root or ""), seed=int(seed), **overrides)
 
 
-def _work_dir(cfg: CodebaseConfig) -> Path:
+def work_dir_of(cfg: CodebaseConfig) -> Path:
+    """Where ``cfg``'s checkpoints and logs go: ``cfg.work_dir``, else
+    ``<repo>/work_dirs/codebase/<profile>``."""
     if cfg.work_dir:
         return Path(cfg.work_dir)
     base = repo_root() or Path.cwd()
@@ -536,7 +539,7 @@ def run_baselines(cfg: CodebaseConfig, data: tuple[Any, Any] | None = None, *,
         evaluate = baseline_evaluator(cfg, run)
         per_seed: list[dict[str, float]] = []
         for seed in cfg.seeds:
-            work_dir = run_dir(_work_dir(cfg), run.label, seed)
+            work_dir = run_dir(work_dir_of(cfg), run.label, seed)
             if finished_only and finished_run(variant, train, val, seed=seed, work_dir=work_dir,
                                               evaluate=evaluate) is None:
                 continue
