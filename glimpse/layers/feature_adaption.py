@@ -7,6 +7,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.ops import DeformConv2d
 
+from glimpse.ops import deform_conv2d
+
 __all__ = ["FeatureAdaption"]
 
 
@@ -39,7 +41,8 @@ class FeatureAdaption(nn.Module):
             raise ValueError(f"FeatureAdaption: kernel_size must be odd, got {kernel_size}")
         self.conv_offset = nn.Conv2d(2, deform_groups * 2 * kernel_size * kernel_size, 1,
                                      bias=False)
-        # torchvision's DeformConv2d runs torchvision.ops.deform_conv2d; offset groups = G
+        # holds the weight; forward runs glimpse.ops.deform_conv2d (torchvision's op, with a
+        # faster CPU path); offset groups = G
         self.conv_adaption = DeformConv2d(in_channels, out_channels, kernel_size,
                                           padding=(kernel_size - 1) // 2, bias=False)
         self.reset_parameters()
@@ -59,4 +62,5 @@ class FeatureAdaption(nn.Module):
             [B, C_out, H, W].
         """
         offsets = self.conv_offset(shape.detach())
-        return self.conv_adaption(x, offsets).relu()
+        return deform_conv2d(x, offsets, self.conv_adaption.weight,
+                             padding=self.conv_adaption.padding[0]).relu()
