@@ -540,7 +540,8 @@ def _add_bench(sub) -> None:
         "bench", help="benchmarks: ratios against a baseline in the same run",
         description="Time glimpse against a baseline in the same run and write the ratios "
                     "under results/bench/ (machines are noisy; only same-run ratios count).")
-    benches = p.add_subparsers(dest="bench", metavar="{carafe,detectors,masked_conv,ga}")
+    benches = p.add_subparsers(dest="bench",
+                                metavar="{carafe,detectors,masked_conv,ga,deform_conv}")
     p.set_defaults(run=lambda args: _print_help(p))
 
     c = benches.add_parser(
@@ -610,6 +611,17 @@ def _add_bench(sub) -> None:
                    help="R-50 at 384x576 (a smoke test); writes nothing")
     g.add_argument("--no-write", action="store_true", help="print only")
     g.set_defaults(run=_bench_ga)
+
+    dc = benches.add_parser(
+        "deform_conv", help="glimpse's CPU deformable convolution against torchvision's",
+        description="glimpse.ops.deform_conv2d (grid_sample + one matrix product on CPU) "
+                    "against torchvision.ops.deform_conv2d, forward and forward+backward, on "
+                    "GA-RPN's FPN shapes (see glimpse.bench.deform_conv).")
+    dc.add_argument("--repeats", type=int, default=3, help="timed runs per side (median)")
+    dc.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    dc.add_argument("--quick", action="store_true", help="one tiny shape; writes nothing")
+    dc.add_argument("--no-write", action="store_true", help="print only")
+    dc.set_defaults(run=_bench_deform_conv)
 
 
 def _bench_carafe(args: argparse.Namespace) -> int:
@@ -717,6 +729,24 @@ def _bench_ga(args: argparse.Namespace) -> int:
         machine = {"threads": args.threads, "repeats": args.repeats,
                    "torch": torch.__version__, "device": "cpu"}
         print(f"wrote {write_bench('ga', df, machine=machine)}")
+    return 0
+
+
+def _bench_deform_conv(args: argparse.Namespace) -> int:
+    import torch
+
+    from glimpse.bench import deform_conv as bench
+    from glimpse.report import write_bench
+
+    if args.repeats < 1 or args.threads < 1:
+        raise CommandError("--repeats and --threads must be >= 1", 2)
+    shapes = bench.QUICK_SHAPES if args.quick else bench.GA_SHAPES
+    df = bench.run(shapes, repeats=args.repeats, threads=args.threads)
+    print(df.round(3).to_string(index=False))
+    if not args.no_write and not args.quick:
+        machine = {"threads": args.threads, "repeats": args.repeats,
+                   "torch": torch.__version__, "device": "cpu"}
+        print(f"wrote {write_bench('deform_conv', df, machine=machine)}")
     return 0
 
 
