@@ -30,6 +30,7 @@ $(VENV)/.glimpse-setup: pyproject.toml $(KERNEL_SOURCES)
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (glimpse)" >/dev/null
 	touch $@
 
+# Batch runs: reproduce sets interactive=False in the notebooks that declare it (no sliders).
 reproduce: setup
 	$(PY) -m glimpse reproduce --profile $(PROFILE)
 

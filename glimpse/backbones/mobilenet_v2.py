@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torchvision.models import mobilenet_v2 as torchvision_mobilenet_v2
 from torchvision.ops import FrozenBatchNorm2d
 
+from glimpse.backbones.frozen_stages import FrozenStagesBackbone
 from glimpse.backbones.pretrained import load_exact_state_dict, read_state_dict, verify_sha256
 
 __all__ = [
@@ -91,7 +92,7 @@ def _norm_layer(norm: Norm) -> type[nn.Module]:
     raise ValueError(f"norm must be 'bn' or 'frozen_bn', got {norm!r}")
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(FrozenStagesBackbone):
     """MobileNetV2 trunk (width 1.0) returning C2..C5 (no pooling, no classifier).
 
     Args:
@@ -128,7 +129,7 @@ class MobileNetV2(nn.Module):
             if os.fspath(pretrained) == "imagenet":
                 pretrained, sha256 = imagenet_weights_path(), IMAGENET_SHA256
             self.load_torchvision_weights(pretrained, sha256=sha256)
-        self._freeze_stages()
+        self.freeze_stages()
 
     def load_torchvision_weights(self, path: str | os.PathLike, *,
                                  sha256: str | None = None) -> None:
@@ -148,23 +149,11 @@ class MobileNetV2(nn.Module):
             state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
         load_exact_state_dict(self, state, path, "MobileNetV2 (torchvision key names expected)")
 
-    def _freeze_stages(self) -> None:
+    def frozen_modules(self) -> list[nn.Module]:
+        """``features[0 .. end of layer frozen_stages]`` (none for ``-1``)."""
         if self.frozen_stages < 0:
-            return
-        for module in self.features[: _STAGE_ENDS[self.frozen_stages] + 1]:
-            module.eval()
-            for p in module.parameters():
-                p.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> MobileNetV2:
-        """Switch mode, then keep frozen stages and (with ``norm_eval``) BatchNorms in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.eval()
-        return self
+            return []
+        return list(self.features[: _STAGE_ENDS[self.frozen_stages] + 1])
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """[B, 3, H, W] ImageNet-normalised images -> ordered dict ``c2..c5`` (strides 4, 8,

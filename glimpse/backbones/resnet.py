@@ -42,6 +42,7 @@ from typing import Literal
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from glimpse.backbones.frozen_stages import FrozenStagesBackbone
 from glimpse.backbones.pretrained import load_exact_state_dict, read_state_dict
 
 __all__ = [
@@ -157,7 +158,7 @@ class Bottleneck(nn.Module):
         return self.relu(out)
 
 
-class ResNet(nn.Module):
+class ResNet(FrozenStagesBackbone):
     """ResNet/ResNeXt trunk returning C2..C5 (no pooling head, no classifier).
 
     Args:
@@ -245,7 +246,7 @@ class ResNet(nn.Module):
         self.reset_parameters()
         if pretrained is not None:
             self.load_torchvision_weights(pretrained)
-        self._freeze_stages()
+        self.freeze_stages()
 
     def reset_parameters(self) -> None:
         """Kaiming-normal (fan_out) convs and unit/zero norm affine (torchvision = mmdet init)."""
@@ -277,27 +278,10 @@ class ResNet(nn.Module):
             state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
         load_exact_state_dict(self, state, path, "ResNet (torchvision key names expected)")
 
-    def _stage_modules(self, index: int) -> list[nn.Module]:
-        if index == 0:
-            return [self.conv1, self.bn1]
-        return [getattr(self, f"layer{index}")]
-
-    def _freeze_stages(self) -> None:
-        for i in range(self.frozen_stages + 1):
-            for module in self._stage_modules(i):
-                module.eval()
-                for p in module.parameters():
-                    p.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> ResNet:
-        """Switch mode, then keep frozen stages and (with ``norm_eval``) BatchNorms in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.eval()
-        return self
+    def frozen_modules(self) -> list[nn.Module]:
+        """The stem (``conv1``, ``bn1``) and ``layer1..layer<frozen_stages>`` (none for -1)."""
+        stem = [self.conv1, self.bn1] if self.frozen_stages >= 0 else []
+        return stem + [getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1)]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """[B, 3, H, W] normalised images -> ordered dict ``c2..c5`` (strides ``out_strides``:

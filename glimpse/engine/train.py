@@ -59,6 +59,8 @@ __all__ = [
     "lr_factor",
     "fit",
     "load_checkpoint",
+    "load_newest_checkpoint",
+    "read_log",
     "to_device",
     "LOG_FILE",
     "LAST_CHECKPOINT",
@@ -301,6 +303,59 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def load_newest_checkpoint(work_dir: Path, *, stacklevel: int = 2
+                           ) -> tuple[Path, dict[str, Any]] | None:
+    """Load the newest intact checkpoint of a run directory, to resume from.
+
+    ``last.pt`` first, then ``checkpoints/iter_<N>.pt`` from the newest: a run killed while
+    its disk filled up, or a copy cut short, leaves a truncated file, and the one before it
+    still resumes exactly. Skipping a broken file warns with both names (``stacklevel`` as
+    :func:`warnings.warn`'s, counted from the caller).
+
+    Returns:
+        ``(path, checkpoint)``, or ``None`` when ``work_dir`` holds no checkpoint at all.
+
+    Raises:
+        CheckpointError: checkpoints exist but none of them is readable.
+    """
+    candidates = [work_dir / LAST_CHECKPOINT] + sorted(
+        (work_dir / CHECKPOINT_DIR).glob("iter_*.pt"), key=_checkpoint_iteration, reverse=True)
+    candidates = [p for p in candidates if p.is_file()]
+    if not candidates:
+        return None
+    broken: list[str] = []
+    for path in candidates:
+        try:
+            ckpt = load_checkpoint(path)
+            break
+        except CheckpointError as exc:
+            broken.append(str(exc))
+    else:
+        raise CheckpointError(f"no intact checkpoint to resume from in {work_dir}: {broken[0]}")
+    if broken:
+        warnings.warn(f"resuming from {path}; skipped {'; '.join(broken)}",
+                      stacklevel=stacklevel + 1)
+    return path, ckpt
+
+
+def read_log(log_path: Path, upto: int, *, rewrite: bool = True) -> list[dict[str, Any]]:
+    """Entries of ``log.jsonl`` up to iteration ``upto``; with ``rewrite``, later ones (written
+    after the last checkpoint by a killed run) and lines cut by a kill go from the file too."""
+    if not log_path.is_file():
+        return []
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if entry.get("iter", math.inf) <= upto:
+            kept.append(entry)
+    if rewrite:
+        atomic_write(log_path, "".join(json.dumps(e) + "\n" for e in kept))
+    return kept
+
+
 def fit(
     model: nn.Module,
     dataset: Dataset,
@@ -445,34 +500,16 @@ class _Trainer:
         return path
 
     def _resume(self) -> tuple[int, list[dict[str, float]]]:
-        """Load the newest intact checkpoint; returns (start iteration, history from the log).
-
-        ``last.pt`` first, then ``checkpoints/iter_<N>.pt`` from the newest: a run killed while
-        its disk filled up, or a copy cut short, leaves a truncated file, and the one before it
-        still resumes exactly. Starts from scratch when there is no checkpoint at all.
+        """Load the newest intact checkpoint (:func:`load_newest_checkpoint`); returns (start
+        iteration, history from the log), (0, []) when there is no checkpoint at all.
 
         Raises:
             CheckpointError: checkpoints exist but none of them is readable.
         """
-        ckpt_dir = self.work_dir / CHECKPOINT_DIR
-        candidates = [self.work_dir / LAST_CHECKPOINT] + sorted(
-            ckpt_dir.glob("iter_*.pt"), key=_checkpoint_iteration, reverse=True)
-        candidates = [p for p in candidates if p.is_file()]
-        if not candidates:
+        found = load_newest_checkpoint(self.work_dir, stacklevel=3)
+        if found is None:
             return 0, []
-        broken: list[str] = []
-        for path in candidates:
-            try:
-                ckpt = load_checkpoint(path)
-                break
-            except CheckpointError as exc:
-                broken.append(str(exc))
-        else:
-            raise CheckpointError(
-                f"no intact checkpoint to resume from in {self.work_dir}: {broken[0]}")
-        if broken:
-            warnings.warn(f"resuming from {path}, the newest intact checkpoint; skipped "
-                          f"{'; '.join(broken)}", stacklevel=3)
+        path, ckpt = found
         changed = sorted(
             k for k, v in dataclasses.asdict(self.cfg).items()
             if _jsonable(ckpt["config"].get(k)) != _jsonable(v)
@@ -500,7 +537,7 @@ class _Trainer:
         states = ckpt["rng"]
         set_rng_state(states[self.info.rank % len(states)])
         start = int(ckpt["iteration"])
-        return start, self._read_log(start)
+        return start, read_log(self.log_path, start, rewrite=self.info.is_main)
 
     def _apply_schedule(self) -> None:
         """Make the current config the source of truth for the lr schedule after a resume
@@ -517,23 +554,6 @@ class _Trainer:
             group["initial_lr"] = peak
             group["lr"] = lr
         sched._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-
-    def _read_log(self, upto: int) -> list[dict[str, float]]:
-        """Entries of ``log.jsonl`` up to iteration ``upto``; later ones (written after the last
-        checkpoint by a killed run) are dropped from the file too."""
-        if not self.log_path.is_file():
-            return []
-        kept = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill
-                continue
-            if entry.get("iter", math.inf) <= upto:
-                kept.append(entry)
-        if self.info.is_main:
-            atomic_write(self.log_path, "".join(json.dumps(e) + "\n" for e in kept))
-        return kept
 
     # ------------------------------------------------------------------ loop
 

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +52,8 @@ from glimpse.engine.train import (
     CheckpointError,
     NonFiniteLossError,
     TrainResult,
-    load_checkpoint,
+    load_newest_checkpoint,
+    read_log,
     to_device,
 )
 from glimpse.io import atomic_write
@@ -73,18 +73,42 @@ __all__ = [
 ]
 
 
-def _check_common(cfg: Any) -> None:
-    for name in ("max_iters", "batch_size", "log_every"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{type(cfg).__name__}.{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.checkpoint_every < 0:
-        raise ValueError(f"{type(cfg).__name__}.checkpoint_every must be >= 0")
-    if cfg.num_threads is not None and cfg.num_threads < 1:
-        raise ValueError(f"{type(cfg).__name__}.num_threads must be >= 1 or None")
+@dataclass(frozen=True)
+class _LoopConfig:
+    """The fields :class:`_DenseLoop` reads, shared by every config below (documented on
+    :class:`SegTrainConfig`)."""
+
+    max_iters: int = 1000
+    batch_size: int = 8
+    checkpoint_every: int = 0
+    log_every: int = 1
+    seed: int = 0
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for attr in ("max_iters", "batch_size", "log_every"):
+            if getattr(self, attr) < 1:
+                raise ValueError(f"{name}.{attr} must be >= 1, got {getattr(self, attr)}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"{name}.checkpoint_every must be >= 0")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"{name}.num_threads must be >= 1 or None")
 
 
 @dataclass(frozen=True)
-class SegTrainConfig:
+class _AdamLoopConfig(_LoopConfig):
+    """:class:`_LoopConfig` plus Adam's ``betas`` (the inpainting loops')."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "betas", tuple(self.betas))
+
+
+@dataclass(frozen=True)
+class SegTrainConfig(_LoopConfig):
     """SGD with the poly schedule (defaults: the CSAIL UperNet recipe at a short length).
 
     Attributes:
@@ -99,20 +123,15 @@ class SegTrainConfig:
         num_threads: torch threads while training (None: 1 on CPU, unchanged on GPU).
     """
 
-    max_iters: int = 1000
     batch_size: int = 2
     lr: float = 0.02
     min_lr: float = 0.0
     power: float = 0.9
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    checkpoint_every: int = 0
-    log_every: int = 1
-    seed: int = 0
-    num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        _check_common(self)
+        super().__post_init__()
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"SegTrainConfig.min_lr must be in [0, lr], got {self.min_lr}")
 
@@ -129,7 +148,7 @@ SEGMENTATION_RECIPES: dict[str, SegTrainConfig] = {
 
 
 @dataclass(frozen=True)
-class GLTrainConfig:
+class GLTrainConfig(_AdamLoopConfig):
     """Global&Local's phased adversarial schedule (mmediting ``gl_256x256_8x12_places``).
 
     Attributes:
@@ -142,21 +161,13 @@ class GLTrainConfig:
         the rest: as :class:`SegTrainConfig`.
     """
 
-    max_iters: int = 1000
-    batch_size: int = 8
     lr: float = 4e-4
     disc_lr: float = 4e-4
-    betas: tuple[float, float] = (0.9, 0.999)
     completion_iters: int | None = None
     disc_iters: int | None = None
-    checkpoint_every: int = 0
-    log_every: int = 1
-    seed: int = 0
-    num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        _check_common(self)
-        object.__setattr__(self, "betas", tuple(self.betas))
+        super().__post_init__()
         tc, td = self.phases()
         if not 0 <= tc <= td <= self.max_iters:
             raise ValueError(f"GLTrainConfig needs 0 <= completion_iters ({tc}) <= disc_iters "
@@ -171,7 +182,7 @@ class GLTrainConfig:
 
 
 @dataclass(frozen=True)
-class PConvTrainConfig:
+class PConvTrainConfig(_AdamLoopConfig):
     """Partial Conv's two stages in one run (mmediting ``pconv_stage1`` / ``pconv_stage2``).
 
     Attributes:
@@ -181,20 +192,12 @@ class PConvTrainConfig:
         the rest: as :class:`SegTrainConfig`.
     """
 
-    max_iters: int = 1000
-    batch_size: int = 8
     lr: float = 2e-4
     stage2_lr: float = 5e-5
-    betas: tuple[float, float] = (0.9, 0.999)
     stage2_iters: int | None = None
-    checkpoint_every: int = 0
-    log_every: int = 1
-    seed: int = 0
-    num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        _check_common(self)
-        object.__setattr__(self, "betas", tuple(self.betas))
+        super().__post_init__()
         if not 0 <= self.stage1_iters() <= self.max_iters:
             raise ValueError(f"PConvTrainConfig.stage2_iters must be in [0, max_iters], got "
                              f"{self.stage2_iters}")
@@ -275,24 +278,13 @@ class _DenseLoop:
         return path
 
     def _resume(self) -> tuple[int, list[dict[str, float]]]:
-        """Load ``last.pt``, else (truncated or corrupt) the newest intact ``iter_<N>.pt``;
-        (0, []) without any checkpoint."""
-        numbered = sorted((self.work_dir / CHECKPOINT_DIR).glob("iter_*.pt"), reverse=True,
-                          key=lambda p: int(p.stem.split("_")[1]) if p.stem[5:].isdigit() else -1)
-        candidates = [p for p in [self.work_dir / LAST_CHECKPOINT, *numbered] if p.is_file()]
-        if not candidates:
+        """Load ``last.pt``, else (truncated or corrupt) the newest intact ``iter_<N>.pt``
+        (:func:`~glimpse.engine.train.load_newest_checkpoint`); (0, []) without any
+        checkpoint."""
+        found = load_newest_checkpoint(self.work_dir, stacklevel=4)
+        if found is None:
             return 0, []
-        broken = []
-        for path in candidates:
-            try:
-                ckpt = load_checkpoint(path)
-                break
-            except CheckpointError as exc:
-                broken.append(str(exc))
-        else:
-            raise CheckpointError(f"no intact checkpoint in {self.work_dir}: {broken[0]}")
-        if broken:
-            warnings.warn(f"resuming from {path}; skipped {'; '.join(broken)}", stacklevel=4)
+        path, ckpt = found
         if set(ckpt.get("optimizers", {})) != set(self.optimizers):
             raise CheckpointError(f"{path}: written by another training loop (optimizers "
                                   f"{sorted(ckpt.get('optimizers', {}))})")
@@ -301,17 +293,7 @@ class _DenseLoop:
             opt.load_state_dict(ckpt["optimizers"][name])
         set_rng_state(ckpt["rng"][0])
         start = int(ckpt["iteration"])
-        kept = []
-        if self.log_path.is_file():
-            for line in self.log_path.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a kill
-                    continue
-                if entry.get("iter", math.inf) <= start:
-                    kept.append(entry)
-        atomic_write(self.log_path, "".join(json.dumps(e) + "\n" for e in kept))
-        return start, kept
+        return start, read_log(self.log_path, start)
 
     def run(self, step: _Step, resume: bool) -> TrainResult:
         cfg = self.cfg

@@ -4,7 +4,9 @@
 Notebooks are discovered by name, ``notebooks/NN_<paper>.ipynb``; each runs with the parameters
 ``profile``, ``device``, ``data_root`` and ``seed`` (and ``results_root`` when given) injected,
 from the repository root, and its executed copy lands in the git-ignored
-``results/<paper>/runs/<NN_paper>_<profile>.ipynb``.
+``results/<paper>/runs/<NN_paper>_<profile>.ipynb``. A notebook that declares ``interactive``
+gets ``interactive = False``: batch runs draw only the static renderings, never ipywidgets
+sliders (with no frontend to answer them, an ``interact`` cell once hung under papermill).
 A failing notebook does not stop the others: :func:`run_notebook` returns the failing cell's
 error on one line instead of raising.
 
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from glimpse.report import repo_root
 
-__all__ = ["NotebookRun", "artefacts", "base_dir", "discover", "run_notebook"]
+__all__ = ["NotebookRun", "artefacts", "base_dir", "batch_parameters", "discover", "run_notebook"]
 
 _NOTEBOOK_RE = re.compile(r"^(\d\d)_([a-z0-9_]+)\.ipynb$")
 
@@ -58,6 +60,16 @@ def discover(notebooks_dir: Path | None = None) -> dict[str, Path]:
     return {_NOTEBOOK_RE.match(p.name).group(2): p for p in found}
 
 
+def batch_parameters(notebook: Path, parameters: dict) -> dict:
+    """``parameters`` plus ``interactive=False`` when ``notebook``'s ``parameters`` cell declares
+    ``interactive`` (papermill warns about a parameter a notebook does not declare)."""
+    import papermill
+
+    if "interactive" in papermill.inspect_notebook(str(notebook)):
+        return {**parameters, "interactive": False}
+    return dict(parameters)
+
+
 def _one_line(text: str, limit: int = 300) -> str:
     # strip ANSI colour codes that IPython puts in tracebacks
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(text))
@@ -74,7 +86,8 @@ def run_notebook(paper: str, notebook: Path, *, profile: str, results_root: Path
         paper / notebook: the paper's name and its ``NN_<paper>.ipynb``.
         profile: names the executed copy ``results/<paper>/runs/<NN_paper>_<profile>.ipynb``.
         results_root: where ``<paper>/runs/`` goes.
-        parameters: injected into the notebook's ``parameters`` cell.
+        parameters: injected into the notebook's ``parameters`` cell, with ``interactive=False``
+            where the notebook declares it (:func:`batch_parameters`).
         timeout: per-cell execution timeout in seconds (None: none).
         cwd: the kernel's working folder (default: :func:`base_dir`).
         progress: a progress bar on stderr: the notebook, cells done of all, elapsed time.
@@ -92,7 +105,8 @@ def run_notebook(paper: str, notebook: Path, *, profile: str, results_root: Path
     sockets = tempfile.TemporaryDirectory(prefix="glimpse-kernel-")
     try:
         papermill.execute_notebook(
-            str(notebook), str(output), parameters=parameters, kernel_name="python3",
+            str(notebook), str(output), parameters=batch_parameters(notebook, parameters),
+            kernel_name="python3",
             cwd=str(cwd if cwd is not None else base_dir()),
             progress_bar={"desc": notebook.stem, "unit": "cell"} if progress else False,
             log_output=False, execution_timeout=None if timeout is None else int(timeout),
