@@ -128,7 +128,9 @@ def test_variants_share_the_schedule():
                         "GA-RetinaNet", "Fast R-CNN", "GA-Fast R-CNN"]
     assert {v.train.max_iters for v in vs.values()} == {cfg.max_iters}
     assert vs["GA-RPN w/o F.A."].model_kwargs["feature_adaption"] is False
-    assert vs["RetinaNet"].train.lr == 0.01 and vs["GA-Faster R-CNN"].train.lr == 0.02
+    # mmdet's linear rule at 2 images per step: 0.01 * 2 / 16 and 0.02 * 2 / 16
+    assert vs["RetinaNet"].train.scaled_lr() == pytest.approx(0.00125)
+    assert vs["GA-Faster R-CNN"].train.scaled_lr() == pytest.approx(0.0025)
     # both R-CNNs take the zoo's slim recipe: 128 sampled RoIs, 256-wide FCs (GA at IoU 0.6)
     for name, iou in (("Faster R-CNN", 0.5), ("GA-Faster R-CNN", 0.6)):
         spec = zoo.MODELS[vs[name].model]
