@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
 
 import matplotlib
 
@@ -245,3 +246,25 @@ def test_ga_fast_rcnn_trains_on_its_ga_rpn_proposals(tmp_path):
     assert "proposals_train.pt" in spec and "sha1" in spec
     det = ga.detection_table(cfg, out.runs).set_index(["method", "metric"])
     assert det.loc[("GA-Fast R-CNN", "AP"), "seeds"] == "0"
+
+
+def test_unpaired_variants_run_only_when_asked(monkeypatch):
+    """At cpu only the claim pairs run over the seeds; GA-RPN w/o F.A. and the RetinaNet pair
+    join with ``unpaired`` (for ``seed`` only)."""
+    ran = []
+
+    def fake_run_variants(variants, train, val, seeds, **kwargs):
+        ran.append((variants[0].name, tuple(seeds)))
+        return pd.DataFrame({"variant": [variants[0].name] * len(seeds), "seed": list(seeds)})
+
+    monkeypatch.setattr(ga, "run_variants", fake_run_variants)
+    data = (types.SimpleNamespace(default_image_scale=(256, 256)), None)
+    cpu = ga.resolve("cpu", device="cpu", fast_rcnn=False)
+    assert not cpu.unpaired
+    ga.run_experiments(cpu, data, verbose=False)
+    assert ran == [(name, (0, 1, 2)) for name in
+                   ("RPN", "GA-RPN", "Faster R-CNN", "GA-Faster R-CNN")]
+    ran.clear()
+    ga.run_experiments(dataclasses.replace(cpu, unpaired=True), data, verbose=False)
+    assert [name for name, seeds in ran if seeds == (0,)] == [
+        "GA-RPN w/o F.A.", "RetinaNet", "GA-RetinaNet"]
