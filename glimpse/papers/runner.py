@@ -22,13 +22,15 @@ are set at steps 1 and 3 and left set, so the figure cells that follow a run rep
 Resuming: a run's work dir receives ``spec.json`` (what is being run) before training and
 ``manifest.json`` (the record) atomically after evaluation. A run whose manifest is readable
 and whose spec equals the current one is finished: it is not retrained, its model is reloaded
-from its checkpoint (a run whose checkpoint has gone is retrained). A missing, partial or corrupt manifest, or one of another spec, means
-"not finished"; training then continues from the run's last checkpoint if ``spec.json`` matches,
-else starts from scratch.
+from its checkpoint (a run whose checkpoint has gone is retrained; a run directory moved or
+copied elsewhere is found by its paths relative to the manifest). A missing, partial or corrupt
+manifest, or one of another spec, means "not finished"; training then continues from the run's
+last checkpoint if ``spec.json`` matches, else starts from scratch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -267,9 +269,22 @@ def read_manifest(work_dir: str | Path, spec: Mapping[str, Any] | None = None
         content = json.loads(path.read_text())
         if spec is not None and content["spec"] != spec:
             return None
-        return RunRecord(**content["record"])
+        return _relocated(RunRecord(**content["record"]), Path(work_dir))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _relocated(record: RunRecord, work_dir: Path) -> RunRecord:
+    """``record`` with its paths under ``work_dir``, where its manifest was read: a run
+    directory copied or moved elsewhere (another machine, a renamed checkout) is still
+    reused."""
+    if record.work_dir is None:
+        return record
+    checkpoint = record.checkpoint
+    if checkpoint is not None:
+        with contextlib.suppress(ValueError):  # a checkpoint outside the run dir stays as is
+            checkpoint = str(work_dir / Path(checkpoint).relative_to(record.work_dir))
+    return dataclasses.replace(record, checkpoint=checkpoint, work_dir=str(work_dir))
 
 
 def finished_run(variant: Variant, train_set: Dataset, val_set: Dataset, *, seed: int,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -266,6 +267,13 @@ def test_finished_run_reads_only_a_finished_run_of_the_same_spec(tmp_path):
     longer = _variants(iters=4)[0]
     assert runner.finished_run(longer, data, data, seed=0, work_dir=work, evaluate=ev) is None
     assert runner.finished_run(small, data, data, seed=1, work_dir=work, evaluate=ev) is None
+    moved = tmp_path / "elsewhere" / "run"  # a run dir moved (or copied) is still finished
+    moved.parent.mkdir()
+    work.rename(moved)
+    record = runner.finished_run(small, data, data, seed=0, work_dir=moved, evaluate=ev)
+    assert record is not None and record.work_dir == str(moved)
+    assert Path(record.checkpoint).is_relative_to(moved) and Path(record.checkpoint).is_file()
+    moved.rename(work)
     (work / "last.pt").unlink()  # a run whose checkpoint has gone is not finished
     for p in (work / "checkpoints").glob("*.pt"):
         p.unlink()
