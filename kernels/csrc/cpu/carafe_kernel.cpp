@@ -24,9 +24,10 @@
 //   vectors, so each dout vector loaded feeds two multiply-adds. Every unit owns its output
 //   rows, so threads never write the same memory and nothing is scattered.
 //
-// Vectors are GCC vector extensions of 64 bytes; the hot loops are compiled for AVX-512,
-// AVX2+FMA and the baseline ISA and the loader picks one (ifunc). Row buffers carry one vector of
-// zero slack, so that the last, partial vector of a row is computed like the others.
+// Vectors are GCC vector extensions of 64 bytes; the hot loops are compiled for AVX-512 (chosen
+// by a run-time check), AVX2+FMA and the baseline ISA (chosen by the loader: ifunc). Row buffers
+// carry one vector of zero slack, so that the last, partial vector of a row is computed like the
+// others.
 // Reduced precision (bfloat16, float16) runs the float32 kernels on float32 copies: float32
 // accumulation, rounded once at the end.
 #include <ATen/ATen.h>
