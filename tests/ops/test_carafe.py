@@ -133,6 +133,13 @@ SHAPES = [
     (1, 4, 7, 40, 3, 2, 1),
     (1, 12, 5, 25, 5, 1, 2),  # forward: a two-vector block, a single vector and a tail per row
     (2, 9, 9, 8, 5, 3, 2),  # 3 channels per group: below the forward's channel block
+    # backward: source rows in pairs, a single last row (H = 11: row blocks of 8, then 3 rows),
+    # 8 channels per register block plus a 4-channel tail, rows ending in a partial vector
+    (1, 12, 11, 13, 5, 1, 2),
+    (2, 24, 17, 9, 5, 2, 2),  # two groups of 12 channels, one row in the last row block
+    (1, 8, 10, 33, 5, 1, 2),  # one whole channel block; four vectors and a partial one per row
+    (1, 10, 6, 6, 3, 1, 2),  # kernel 3: the mask gradient's generic path, row pairs of kernel 3
+    (1, 8, 5, 6, 5, 1, 4),  # scale 4
 ]
 
 

@@ -13,16 +13,21 @@
 //   the 2 x kForwardChannels x kForwardVectors sums stay in registers. On AVX-512 the output goes
 //   out with non-temporal stores.
 // * mask gradient: dmask[t][Y][X] = sum_c dout[c][Y][X] * fup_c[ky][X + s*kx]; for k = 5, s = 2
-//   the 25 tap sums of a vector of X stay in registers over a block of kMaskChannels channels
-//   (otherwise the dout vectors of kChannels channels do, and the tap sums go through memory).
+//   the tap sums of a vector of X for both output rows of a source row stay in registers (two tap
+//   rows at a time) over a block of kMaskChannels channels, each feature vector loaded feeding
+//   both rows (otherwise the dout vectors of kChannels channels stay in registers and the tap sums
+//   go through memory). dout is prefetched a row pair ahead.
 // * feature gradient: a gather per source pixel (the transpose of the forward). In upsampled
 //   column coordinates X' = s*x + sx it is a forward-like sum over zero-padded copies of the mask
-//   and dout rows, followed by folding the s sub-columns; every unit owns its output rows, so
-//   threads never write the same memory and nothing is scattered.
+//   and dout rows, followed by folding the s sub-columns. Two source rows y, y + 1 are computed
+//   together: an output row read by both is read with mask planes k apart and the same dout
+//   vectors, so each dout vector loaded feeds two multiply-adds. Every unit owns its output
+//   rows, so threads never write the same memory and nothing is scattered.
 //
-// Vectors are GCC vector extensions of 64 bytes; the hot loops are compiled for AVX-512,
-// AVX2+FMA and the baseline ISA and the loader picks one (ifunc). Row buffers carry one vector of
-// zero slack, so that the last, partial vector of a row is computed like the others.
+// Vectors are GCC vector extensions of 64 bytes; the hot loops are compiled for AVX-512 (chosen
+// by a run-time check), AVX2+FMA and the baseline ISA (chosen by the loader: ifunc). Row buffers
+// carry one vector of zero slack, so that the last, partial vector of a row is computed like the
+// others.
 // Reduced precision (bfloat16, float16) runs the float32 kernels on float32 copies: float32
 // accumulation, rounded once at the end.
 #include <ATen/ATen.h>
@@ -41,16 +46,14 @@
 #include "../checks.h"
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
-#define GLIMPSE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-// The forward has its own AVX-512 build (register pinning and non-temporal stores in inline asm,
+// Each pass has its own AVX-512 build (register pinning and non-temporal stores in inline asm,
 // which only an AVX-512 function may contain), chosen at run time; the rest is cloned below it.
-#define GLIMPSE_AVX512_FORWARD 1
-#define GLIMPSE_FORWARD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define GLIMPSE_AVX512_PASSES 1
+#define GLIMPSE_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #define GLIMPSE_AVX512 __attribute__((target("arch=x86-64-v4")))
 #else
+#define GLIMPSE_AVX512_PASSES 0
 #define GLIMPSE_CLONES
-#define GLIMPSE_AVX512_FORWARD 0
-#define GLIMPSE_FORWARD_CLONES
 #endif
 #define GLIMPSE_ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -78,7 +81,7 @@ GLIMPSE_ALWAYS_INLINE void store(T* p, const Vec<T>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// Channels per register block of the gradient passes.
+// Channels per register block of the mask gradient's generic path.
 constexpr int64_t kChannels = 4;
 // The forward's blocking, for two output rows at once: kForwardChannels x kForwardVectors
 // feature vectors per tap, each used for both rows (2 x 4 x 2 sums).
@@ -384,41 +387,105 @@ GLIMPSE_ALWAYS_INLINE void mask_grad_row(const T* __restrict__ d, int64_t hw,
   }
 }
 
-// The same for a compile-time kernel size K and scale S: the K*K tap sums of one vector of X stay
-// in registers while all cn channels are added in (a batched dot product over channels), so the
-// accumulator row is read and written once per channel block instead of once per kChannels, and
-// every tap's address is one of K row pointers plus a constant.
-template <typename T, int64_t K, int64_t S>
-GLIMPSE_ALWAYS_INLINE void mask_grad_row_taps(const T* __restrict__ d, int64_t cn, int64_t hw,
-                                              const T* __restrict__ fup, int64_t fstride,
-                                              int64_t lstride, const Geometry& g,
-                                              T* __restrict__ arow) {
+// Tap rows per register block of mask_grad_row_pair: 2 output rows x kMaskTapRows*K sums.
+constexpr int64_t kMaskTapRows = 2;
+
+// Tap rows ky0 .. ky0 + NKY - 1 of mask_grad_row_pair for the vector of X at x0; kFull: a whole
+// vector of dout (otherwise nb < L columns, the rest read as zeros).
+template <typename T, int64_t K, int64_t NKY, bool kFull, bool kAvx512>
+GLIMPSE_ALWAYS_INLINE void mask_grad_pair_taps(const T* __restrict__ d, int64_t wo, int64_t cn,
+                                               int64_t hw, const T* __restrict__ fup,
+                                               int64_t fstride, int64_t lstride, int64_t nb,
+                                               int64_t astride, T* __restrict__ arow0,
+                                               T* __restrict__ arow1) {
   constexpr int64_t L = kLanes<T>;
+  Vec<T> acc[2][NKY * K];
+#pragma GCC unroll 16
+  for (int64_t t = 0; t < NKY * K; ++t) {
+    acc[0][t] = load(arow0 + t * astride);
+    acc[1][t] = load(arow1 + t * astride);
+  }
+  for (int64_t cb = 0; cb < cn; ++cb) {
+    Vec<T> dv0, dv1;
+    if constexpr (kFull) {
+      dv0 = load(d + cb * hw);
+      dv1 = load(d + cb * hw + wo);
+    } else {
+      T tmp[2 * kLanes<T>];
+      padded_row(d + cb * hw, nb, 0, L, tmp);
+      padded_row(d + cb * hw + wo, nb, 0, L, tmp + L);
+      dv0 = load(tmp);
+      dv1 = load(tmp + L);
+    }
+    const T* f = fup + cb * fstride;
+#pragma GCC unroll 4
+    for (int64_t ky = 0; ky < NKY; ++ky) {
+#pragma GCC unroll 8
+      for (int64_t kx = 0; kx < K; ++kx) {
+        Vec<T> fv = load(f + 2 * kx);
+        if constexpr (kAvx512) asm("" : "+v"(fv));  // one load for both rows (see weighted_taps)
+        acc[0][ky * K + kx] += dv0 * fv;
+        acc[1][ky * K + kx] += dv1 * fv;
+      }
+      f += lstride;
+    }
+  }
+#pragma GCC unroll 16
+  for (int64_t t = 0; t < NKY * K; ++t) {
+    store(arow0 + t * astride, acc[0][t]);
+    store(arow1 + t * astride, acc[1][t]);
+  }
+}
+
+// The mask gradient of both output rows Y = 2*y0 and 2*y0 + 1 of scale 2 (d: row 2*y0 of
+// channel 0; fup: tap row 0 of source row y0), a batched dot product over the cn channels: the
+// tap sums of a vector of X stay in registers while the channels are added in, and the two rows
+// read the same feature vectors, so each one loaded feeds two multiply-adds. 2 x K*K sums do not
+// fit the registers: they are kept kMaskTapRows tap rows at a time.
+template <typename T, int64_t K, bool kAvx512>
+GLIMPSE_ALWAYS_INLINE void mask_grad_row_pair(const T* d, int64_t cn, int64_t hw, const T* fup,
+                                              int64_t fstride, int64_t lstride, const Geometry& g,
+                                              T* arow0, T* arow1) {
+  constexpr int64_t L = kLanes<T>;
+  constexpr int64_t R = kMaskTapRows;
   const int64_t astride = vector_row<T>(g);
   for (int64_t x0 = 0; x0 < g.Wo; x0 += L) {
     const int64_t nb = std::min(L, g.Wo - x0);
-    Vec<T> acc[K * K];
-#pragma GCC unroll 64
-    for (int64_t t = 0; t < K * K; ++t) acc[t] = load(arow + t * astride + x0);
-    for (int64_t cb = 0; cb < cn; ++cb) {
-      Vec<T> dv;
-      if (nb == L) {
-        dv = load(d + cb * hw + x0);
+    for (int64_t ky = 0; ky < K; ky += R) {
+      const T* f = fup + ky * lstride + x0;
+      T* a0 = arow0 + ky * K * astride + x0;
+      T* a1 = arow1 + ky * K * astride + x0;
+      if (ky + R <= K && nb == L) {
+        mask_grad_pair_taps<T, K, R, true, kAvx512>(d + x0, g.Wo, cn, hw, f, fstride, lstride,
+                                                    nb, astride, a0, a1);
+      } else if (ky + R <= K) {
+        mask_grad_pair_taps<T, K, R, false, kAvx512>(d + x0, g.Wo, cn, hw, f, fstride, lstride,
+                                                     nb, astride, a0, a1);
+      } else if (nb == L) {
+        mask_grad_pair_taps<T, K, K % R, true, kAvx512>(d + x0, g.Wo, cn, hw, f, fstride,
+                                                        lstride, nb, astride, a0, a1);
       } else {
-        T tmp[kLanes<T>];
-        padded_row(d + cb * hw + x0, nb, 0, L, tmp);
-        dv = load(tmp);
-      }
-      const T* f = fup + cb * fstride + x0;
-#pragma GCC unroll 16
-      for (int64_t ky = 0; ky < K; ++ky) {
-#pragma GCC unroll 16
-        for (int64_t kx = 0; kx < K; ++kx) acc[ky * K + kx] += dv * load(f + S * kx);
-        f += lstride;
+        mask_grad_pair_taps<T, K, K % R, false, kAvx512>(d + x0, g.Wo, cn, hw, f, fstride,
+                                                         lstride, nb, astride, a0, a1);
       }
     }
-#pragma GCC unroll 64
-    for (int64_t t = 0; t < K * K; ++t) store(arow + t * astride + x0, acc[t]);
+  }
+}
+
+// Prefetches output rows [y_begin, y_end) of cn channels of dout (planes hw apart), which the
+// mask gradient reads next: its dout reads run from memory at about the rate of its arithmetic,
+// and the hardware prefetchers, following kMaskChannels interleaved streams of short rows, leave
+// the loads stalled.
+template <typename T>
+GLIMPSE_ALWAYS_INLINE void prefetch_rows(const T* dout, int64_t hw, int64_t cn, int64_t y_begin,
+                                         int64_t y_end, const Geometry& g) {
+  y_begin = std::max<int64_t>(y_begin, 0);
+  y_end = std::min(y_end, g.Ho);
+  if (y_end <= y_begin) return;
+  const int64_t bytes = (y_end - y_begin) * g.Wo * static_cast<int64_t>(sizeof(T));
+  for (int64_t cb = 0; cb < cn; ++cb) {
+    const char* p = reinterpret_cast<const char*>(dout + cb * hw + y_begin * g.Wo);
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
   }
 }
 
@@ -435,7 +502,7 @@ struct MaskGradScratch {
 
 // dmask[t][Y][X] = sum_{c in group} dout[c][Y][X] * fup_c[ky][X + s*kx], for the rows of one
 // row block, accumulated over the group's channels in acc.
-template <typename T>
+template <typename T, bool kAvx512>
 GLIMPSE_ALWAYS_INLINE void mask_grad_units(const T* feat, const T* dout, T* dmask,
                                            const Geometry& g, int64_t begin, int64_t end, T* fup,
                                            T* acc) {
@@ -460,13 +527,20 @@ GLIMPSE_ALWAYS_INLINE void mask_grad_units(const T* feat, const T* dout, T* dmas
                              fup + cb * fstride);
       }
       for (int64_t y0 = ya; y0 < yb; ++y0) {
+        if (y0 + 1 < yb) {
+          prefetch_rows(db + c * hw, hw, cn, g.s * (y0 + 1), g.s * (y0 + 2), g);
+        } else if (c + cn < g.Cg) {  // the first rows of the next channel block
+          prefetch_rows(db + (c + cn) * hw, hw, std::min(kMaskChannels, g.Cg - c - cn), g.s * ya,
+                        g.s * (ya + 1), g);
+        }
         const T* rows = fup + (y0 - ya) * lstride;
         for (int64_t y = y0 * g.s; y < (y0 + 1) * g.s; ++y) {
           T* arow = acc + (y - ya * g.s) * row_acc;
           const T* drow = db + c * hw + y * g.Wo;
-          if (g.k == 5 && g.s == 2) {  // mmdet's CARAFE upsampler
-            mask_grad_row_taps<T, 5, 2>(drow, cn, hw, rows, fstride, lstride, g, arow);
-            continue;
+          if (g.k == 5 && g.s == 2) {  // mmdet's CARAFE upsampler: both rows of y0 at once
+            mask_grad_row_pair<T, 5, kAvx512>(drow, cn, hw, rows, fstride, lstride, g, arow,
+                                              arow + row_acc);
+            break;
           }
           int64_t cb = 0;
           for (; cb + kChannels <= cn; cb += kChannels) {
@@ -490,43 +564,124 @@ GLIMPSE_ALWAYS_INLINE void mask_grad_units(const T* feat, const T* dout, T* dmas
   }
 }
 
-// Feature gradient of source row y, CB channels, in upsampled columns X' = s*x + sx:
-//   acc[X'] = sum_{ky, sy, kx} mpad[t][Y][X' + s*(2r - kx)] * dpad_cb[Y][X' + s*(2r - kx)],
-// Y = s*(y + r - ky) + sy, t = ky*k + kx; then dfeat[y][x] = sum_sx acc[s*x + sx]. mpad holds the
-// k*k zero-padded mask planes of the unit's output rows (plane stride mplane, rows lstride
-// apart); dpad the padded dout rows of CB channels (channel stride dstride). Row indices are
-// relative to the unit's first output row.
-template <typename T, int64_t CB>
-GLIMPSE_ALWAYS_INLINE void feature_grad_row(const T* mpad, int64_t mplane, const T* dpad,
-                                            int64_t dstride, int64_t lstride, int64_t yrel,
-                                            const Geometry& g, T* out /* CB rows, H*W apart */,
-                                            T* fold /* CB * vector_row */) {
+// Channels and vectors per register block of the feature gradient, which computes two source
+// rows at once: 2 x kGradChannels x kGradVectors sums.
+constexpr int64_t kGradChannels = 8;
+constexpr int64_t kGradVectors = 1;
+
+// The k taps (kx) of one output row Y for the two source rows that read it: row y (kA, mask
+// plane ma) and row y + 1 (kB, mask plane mb, k planes further), CB channels of dout d:
+//   acc[0][cb] += ma[kx] * d_cb[kx],  acc[1][cb] += mb[kx] * d_cb[kx],
+// with tap kx at mask plane + kx (mkx apart) and column shift -s*kx (dkx). Both rows read the
+// same dout vectors, so each one loaded feeds two multiply-adds.
+template <typename T, int64_t CB, int64_t NV, bool kA, bool kB, bool kAvx512>
+GLIMPSE_ALWAYS_INLINE void row_pair_taps(const T* __restrict__ ma, const T* __restrict__ mb,
+                                         int64_t mkx, const T* __restrict__ d, int64_t dstride,
+                                         int64_t dkx, int64_t k, Vec<T> (&acc)[2][CB][NV]) {
   constexpr int64_t L = kLanes<T>;
-  const int64_t vrow = vector_row<T>(g);
-  const int64_t col0 = 2 * g.r * g.s;  // padded column of X' + s*(2r - kx) at kx = 0
-  for (int64_t x0 = 0; x0 < g.Wo; x0 += L) {
-    Vec<T> acc[1][CB][1] = {};
-    for (int64_t sy = 0; sy < g.s; ++sy) {
-      // Relative output row of tap ky = 0 (Y = s*(y + r - ky) + sy); each further ky is s rows
-      // up. Tap (ky, kx) reads mask plane ky*k + kx.
-      const int64_t row = g.s * (yrel + 2 * g.r) + sy;
-      const int64_t off = row * lstride + col0 + x0;
-      weighted_taps<T, 1, CB, 1>(mpad + off, 0, g.k * mplane - g.s * lstride, mplane - g.s,
-                                 dpad + off, dstride, -g.s * lstride, -g.s, g.k, acc);
+  const T* dp[CB];
+  for (int64_t cb = 0; cb < CB; ++cb) dp[cb] = d + cb * dstride;
+  for (int64_t kx = 0; kx < k; ++kx) {
+    Vec<T> va[NV], vb[NV];
+#pragma GCC unroll 4
+    for (int64_t j = 0; j < NV; ++j) {
+      if constexpr (kA) va[j] = load(ma + j * L);
+      if constexpr (kB) vb[j] = load(mb + j * L);
     }
-    store_block<T, CB, 1>(acc[0], fold + x0, vrow);
+#pragma GCC unroll 16
+    for (int64_t cb = 0; cb < CB; ++cb) {
+#pragma GCC unroll 4
+      for (int64_t j = 0; j < NV; ++j) {
+        Vec<T> dv = load(dp[cb] + j * L);
+        // One register for both multiply-adds (see weighted_taps).
+        if constexpr (kAvx512 && kA && kB) asm("" : "+v"(dv));
+        if constexpr (kA) acc[0][cb][j] += va[j] * dv;
+        if constexpr (kB) acc[1][cb][j] += vb[j] * dv;
+      }
+      dp[cb] += dkx;
+    }
+    if constexpr (kA) ma += mkx;
+    if constexpr (kB) mb += mkx;
   }
-  for (int64_t cb = 0; cb < CB; ++cb) {
-    const T* src = fold + cb * vrow;
-    T* dst = out + cb * g.H * g.W;
-    if (g.s == 1) {
-      std::memcpy(dst, src, sizeof(T) * g.W);
-      continue;
+}
+
+// Feature gradient of source rows y and, if `pair`, y + 1, CB channels, NV vectors of upsampled
+// columns X' = s*x + sx from x0:
+//   acc[i][cb][X'] = sum_{ky, sy, kx} mpad[t][Y][X' + s*(2r - kx)] * dpad_cb[Y][X' + s*(2r - kx)],
+// Y = s*(y + i + r - ky) + sy, t = ky*k + kx (padded columns; rows relative to the unit's first
+// output row, y relative to its first source row). Output row Y = s*(y + 1 + r - q) + sy is read
+// by row y at ky = q - 1 and by row y + 1 at ky = q.
+template <typename T, int64_t CB, int64_t NV, bool kAvx512>
+GLIMPSE_ALWAYS_INLINE void feature_grad_block(const T* mpad, int64_t mplane, const T* dpad,
+                                              int64_t dstride, int64_t lstride, int64_t yrel,
+                                              bool pair, int64_t x0, const Geometry& g,
+                                              Vec<T> (&acc)[2][CB][NV]) {
+  const int64_t col0 = 2 * g.r * g.s + x0;  // padded column of X' + s*(2r - kx) at kx = 0
+  const int64_t mkx = mplane - g.s, dkx = -g.s;
+  for (int64_t sy = 0; sy < g.s; ++sy) {
+    for (int64_t q = pair ? 0 : 1; q <= g.k; ++q) {
+      const int64_t off = (g.s * (yrel + 1 + 2 * g.r - q) + sy) * lstride + col0;
+      const T* d = dpad + off;
+      if (q == 0) {
+        row_pair_taps<T, CB, NV, false, true, kAvx512>(nullptr, mpad + off, mkx, d, dstride, dkx,
+                                                        g.k, acc);
+      } else if (q == g.k || !pair) {
+        row_pair_taps<T, CB, NV, true, false, kAvx512>(mpad + (q - 1) * g.k * mplane + off,
+                                                        nullptr, mkx, d, dstride, dkx, g.k, acc);
+      } else {
+        row_pair_taps<T, CB, NV, true, true, kAvx512>(mpad + (q - 1) * g.k * mplane + off,
+                                                       mpad + q * g.k * mplane + off, mkx, d,
+                                                       dstride, dkx, g.k, acc);
+      }
     }
+  }
+}
+
+// dst[x] = sum_q src[s*x + q] for x < W: the s upsampled sub-columns of each source column.
+template <typename T>
+GLIMPSE_ALWAYS_INLINE void fold_columns(const T* __restrict__ src, const Geometry& g,
+                                        T* __restrict__ dst) {
+  if (g.s == 1) {
+    std::memcpy(dst, src, sizeof(T) * g.W);
+  } else if (g.s == 2) {  // a loop GCC vectorises
+    for (int64_t x = 0; x < g.W; ++x) dst[x] = src[2 * x] + src[2 * x + 1];
+  } else {
     for (int64_t x = 0; x < g.W; ++x) {
       T v = 0;
       for (int64_t q = 0; q < g.s; ++q) v += src[g.s * x + q];
       dst[x] = v;
+    }
+  }
+}
+
+// Source rows y and (if pair) y + 1 of CB channels: the register blocks of feature_grad_block
+// along the row, gathered in fold (2*CB rows of vector_row) and folded into out (CB rows, H*W
+// apart; row y + 1 is W further).
+template <typename T, int64_t CB, bool kAvx512>
+GLIMPSE_ALWAYS_INLINE void feature_grad_rows(const T* mpad, int64_t mplane, const T* dpad,
+                                             int64_t dstride, int64_t lstride, int64_t yrel,
+                                             bool pair, const Geometry& g, T* out, T* fold) {
+  constexpr int64_t L = kLanes<T>;
+  constexpr int64_t NV = kGradVectors;
+  const int64_t vrow = vector_row<T>(g);
+  int64_t x0 = 0;
+  for (; x0 + NV * L <= vrow; x0 += NV * L) {
+    Vec<T> acc[2][CB][NV] = {};
+    feature_grad_block<T, CB, NV, kAvx512>(mpad, mplane, dpad, dstride, lstride, yrel, pair, x0,
+                                           g, acc);
+    store_block<T, CB, NV>(acc[0], fold + x0, vrow);
+    if (pair) store_block<T, CB, NV>(acc[1], fold + CB * vrow + x0, vrow);
+  }
+  for (; x0 < vrow; x0 += L) {
+    Vec<T> acc[2][CB][1] = {};
+    feature_grad_block<T, CB, 1, kAvx512>(mpad, mplane, dpad, dstride, lstride, yrel, pair, x0, g,
+                                          acc);
+    store_block<T, CB, 1>(acc[0], fold + x0, vrow);
+    if (pair) store_block<T, CB, 1>(acc[1], fold + CB * vrow + x0, vrow);
+  }
+  for (int64_t i = 0; i < (pair ? 2 : 1); ++i) {
+    for (int64_t cb = 0; cb < CB; ++cb) {
+      fold_columns(fold + (i * CB + cb) * vrow, g, out + cb * g.H * g.W + i * g.W);
     }
   }
 }
@@ -536,8 +691,8 @@ struct FeatureGradScratch {
   std::vector<T> mpad, dpad, fold;
   explicit FeatureGradScratch(const Geometry& g)
       : mpad(g.k2 * g.s * (kRows + 2 * g.r) * buffer_row<T>(g)),
-        dpad(kChannels * g.s * (kRows + 2 * g.r) * buffer_row<T>(g)),
-        fold(kChannels * vector_row<T>(g)) {}
+        dpad(kGradChannels * g.s * (kRows + 2 * g.r) * buffer_row<T>(g)),
+        fold(2 * kGradChannels * vector_row<T>(g)) {}
 };
 
 // rows (nrows of length lstride, zero-padded by s*r columns on each side) <- rows
@@ -556,8 +711,8 @@ GLIMPSE_ALWAYS_INLINE void padded_output_rows(const T* plane, int64_t y_first, i
 }
 
 // dfeat[c][y][x] = sum over the outputs that read source pixel (y, x): the transpose of the
-// forward, gathered per source row so that each unit owns its output rows.
-template <typename T>
+// forward, gathered per pair of source rows so that each unit owns its output rows.
+template <typename T, bool kAvx512>
 GLIMPSE_ALWAYS_INLINE void feature_grad_units(const T* mask, const T* dout, T* dfeat,
                                               const Geometry& g, int64_t begin, int64_t end,
                                               T* mpad, T* dpad, T* fold) {
@@ -578,72 +733,95 @@ GLIMPSE_ALWAYS_INLINE void feature_grad_units(const T* mask, const T* dout, T* d
     for (int64_t t = 0; t < g.k2; ++t) {
       padded_output_rows(mb + t * hw, y_first, nrows, lstride, g, mpad + t * plane);
     }
-    for (int64_t c = 0; c < g.Cg; c += kChannels) {
-      const int64_t cn = std::min(kChannels, g.Cg - c);
+    for (int64_t c = 0; c < g.Cg; c += kGradChannels) {
+      const int64_t cn = std::min(kGradChannels, g.Cg - c);
       for (int64_t cb = 0; cb < cn; ++cb) {
         padded_output_rows(db + (c + cb) * hw, y_first, nrows, lstride, g, dpad + cb * plane);
       }
-      for (int64_t y = ya; y < yb; ++y) {
+      for (int64_t y = ya; y < yb; y += 2) {
+        const bool pair = y + 1 < yb;
         T* out = fb + c * g.H * g.W + y * g.W;
-        if (cn == kChannels) {
-          feature_grad_row<T, kChannels>(mpad, plane, dpad, plane, lstride, y - ya, g, out, fold);
-        } else {
-          for (int64_t cb = 0; cb < cn; ++cb) {
-            feature_grad_row<T, 1>(mpad, plane, dpad + cb * plane, plane, lstride, y - ya, g,
-                                   out + cb * g.H * g.W, fold);
-          }
+        if (cn == kGradChannels) {
+          feature_grad_rows<T, kGradChannels, kAvx512>(mpad, plane, dpad, plane, lstride, y - ya,
+                                                       pair, g, out, fold);
+          continue;
+        }
+        for (int64_t cb = 0; cb < cn; ++cb) {
+          feature_grad_rows<T, 1, kAvx512>(mpad, plane, dpad + cb * plane, plane, lstride,
+                                           y - ya, pair, g, out + cb * g.H * g.W, fold);
         }
       }
     }
   }
 }
 
-#if GLIMPSE_AVX512_FORWARD
+#if GLIMPSE_AVX512_PASSES
 bool has_avx512() {
   static const bool yes = __builtin_cpu_supports("x86-64-v4");
   return yes;
 }
-// The AVX-512 forward; the fence orders its non-temporal stores before the caller's.
-#define GLIMPSE_AVX512_FORWARD_ENTRY(T, SUFFIX)                                                  \
-  GLIMPSE_AVX512 void forward_avx512_##SUFFIX(const T* f, const T* m, T* o, const Geometry& g,   \
-                                              int64_t b, int64_t e, ForwardScratch<T>& s) {     \
-    forward_units<T, true>(f, m, o, g, b, e, s.fup.data(), s.mtail.data());                      \
-    asm volatile("sfence" ::: "memory");                                                         \
+// The AVX-512 builds of the three passes; the fence orders the forward's non-temporal stores
+// before the caller's.
+#define GLIMPSE_AVX512_ENTRY_POINTS(T, SUFFIX)                                                     \
+  GLIMPSE_AVX512 void forward_avx512_##SUFFIX(const T* f, const T* m, T* o, const Geometry& g,     \
+                                              int64_t b, int64_t e, ForwardScratch<T>& s) {        \
+    forward_units<T, true>(f, m, o, g, b, e, s.fup.data(), s.mtail.data());                        \
+    asm volatile("sfence" ::: "memory");                                                           \
+  }                                                                                                \
+  GLIMPSE_AVX512 void mask_grad_avx512_##SUFFIX(const T* f, const T* d, T* dm,                     \
+                                                const Geometry& g, int64_t b, int64_t e,           \
+                                                MaskGradScratch<T>& s) {                           \
+    mask_grad_units<T, true>(f, d, dm, g, b, e, s.fup.data(), s.acc.data());                       \
+  }                                                                                                \
+  GLIMPSE_AVX512 void feature_grad_avx512_##SUFFIX(const T* m, const T* d, T* df,                  \
+                                                   const Geometry& g, int64_t b, int64_t e,        \
+                                                   FeatureGradScratch<T>& s) {                     \
+    feature_grad_units<T, true>(m, d, df, g, b, e, s.mpad.data(), s.dpad.data(), s.fold.data());   \
   }
-#define GLIMPSE_RUN_AVX512_FORWARD(SUFFIX)                       \
+#define GLIMPSE_RUN_AVX512_FORWARD(SUFFIX)                                                         \
   if (has_avx512()) return forward_avx512_##SUFFIX(f, m, o, g, b, e, s);
+#define GLIMPSE_RUN_AVX512_MASK_GRAD(SUFFIX)                                                       \
+  if (has_avx512()) return mask_grad_avx512_##SUFFIX(f, d, dm, g, b, e, s);
+#define GLIMPSE_RUN_AVX512_FEATURE_GRAD(SUFFIX)                                                    \
+  if (has_avx512()) return feature_grad_avx512_##SUFFIX(m, d, df, g, b, e, s);
 #else
-#define GLIMPSE_AVX512_FORWARD_ENTRY(T, SUFFIX)
+#define GLIMPSE_AVX512_ENTRY_POINTS(T, SUFFIX)
 #define GLIMPSE_RUN_AVX512_FORWARD(SUFFIX)
+#define GLIMPSE_RUN_AVX512_MASK_GRAD(SUFFIX)
+#define GLIMPSE_RUN_AVX512_FEATURE_GRAD(SUFFIX)
 #endif
 
 // Non-template entry points, so that each gets ISA clones (target_clones cannot clone templates).
-#define GLIMPSE_ENTRY_POINTS(T, SUFFIX)                                                          \
-  GLIMPSE_AVX512_FORWARD_ENTRY(T, SUFFIX)                                                        \
-  GLIMPSE_FORWARD_CLONES void forward_##SUFFIX(const T* f, const T* m, T* o, const Geometry& g,  \
-                                               int64_t b, int64_t e, ForwardScratch<T>& s) {    \
-    forward_units<T, false>(f, m, o, g, b, e, s.fup.data(), s.mtail.data());                     \
-  }                                                                                              \
-  GLIMPSE_CLONES void mask_grad_##SUFFIX(const T* f, const T* d, T* dm, const Geometry& g,       \
-                                         int64_t b, int64_t e, MaskGradScratch<T>& s) {         \
-    mask_grad_units<T>(f, d, dm, g, b, e, s.fup.data(), s.acc.data());                           \
-  }                                                                                              \
-  GLIMPSE_CLONES void feature_grad_##SUFFIX(const T* m, const T* d, T* df, const Geometry& g,    \
-                                            int64_t b, int64_t e, FeatureGradScratch<T>& s) {   \
-    feature_grad_units<T>(m, d, df, g, b, e, s.mpad.data(), s.dpad.data(), s.fold.data());       \
-  }                                                                                              \
-  inline void run_forward(const T* f, const T* m, T* o, const Geometry& g, int64_t b, int64_t e, \
-                          ForwardScratch<T>& s) {                                                \
-    GLIMPSE_RUN_AVX512_FORWARD(SUFFIX)                                                           \
-    forward_##SUFFIX(f, m, o, g, b, e, s);                                                       \
-  }                                                                                              \
-  inline void run_mask_grad(const T* f, const T* d, T* dm, const Geometry& g, int64_t b,         \
-                            int64_t e, MaskGradScratch<T>& s) {                                  \
-    mask_grad_##SUFFIX(f, d, dm, g, b, e, s);                                                    \
-  }                                                                                              \
-  inline void run_feature_grad(const T* m, const T* d, T* df, const Geometry& g, int64_t b,      \
-                               int64_t e, FeatureGradScratch<T>& s) {                            \
-    feature_grad_##SUFFIX(m, d, df, g, b, e, s);                                                 \
+#define GLIMPSE_ENTRY_POINTS(T, SUFFIX)                                                            \
+  GLIMPSE_AVX512_ENTRY_POINTS(T, SUFFIX)                                                           \
+  GLIMPSE_CLONES void forward_##SUFFIX(const T* f, const T* m, T* o, const Geometry& g,            \
+                                               int64_t b, int64_t e, ForwardScratch<T>& s) {       \
+    forward_units<T, false>(f, m, o, g, b, e, s.fup.data(), s.mtail.data());                       \
+  }                                                                                                \
+  GLIMPSE_CLONES void mask_grad_##SUFFIX(const T* f, const T* d, T* dm, const Geometry& g,         \
+                                         int64_t b, int64_t e, MaskGradScratch<T>& s) {            \
+    mask_grad_units<T, false>(f, d, dm, g, b, e, s.fup.data(), s.acc.data());                      \
+  }                                                                                                \
+  GLIMPSE_CLONES void feature_grad_##SUFFIX(const T* m, const T* d, T* df,                         \
+                                                    const Geometry& g, int64_t b, int64_t e,       \
+                                                    FeatureGradScratch<T>& s) {                    \
+    feature_grad_units<T, false>(m, d, df, g, b, e, s.mpad.data(), s.dpad.data(),                  \
+                                 s.fold.data());                                                   \
+  }                                                                                                \
+  inline void run_forward(const T* f, const T* m, T* o, const Geometry& g, int64_t b, int64_t e,   \
+                          ForwardScratch<T>& s) {                                                  \
+    GLIMPSE_RUN_AVX512_FORWARD(SUFFIX)                                                             \
+    forward_##SUFFIX(f, m, o, g, b, e, s);                                                         \
+  }                                                                                                \
+  inline void run_mask_grad(const T* f, const T* d, T* dm, const Geometry& g, int64_t b,           \
+                            int64_t e, MaskGradScratch<T>& s) {                                    \
+    GLIMPSE_RUN_AVX512_MASK_GRAD(SUFFIX)                                                           \
+    mask_grad_##SUFFIX(f, d, dm, g, b, e, s);                                                      \
+  }                                                                                                \
+  inline void run_feature_grad(const T* m, const T* d, T* df, const Geometry& g, int64_t b,        \
+                               int64_t e, FeatureGradScratch<T>& s) {                              \
+    GLIMPSE_RUN_AVX512_FEATURE_GRAD(SUFFIX)                                                        \
+    feature_grad_##SUFFIX(m, d, df, g, b, e, s);                                                   \
   }
 GLIMPSE_ENTRY_POINTS(float, f32)
 GLIMPSE_ENTRY_POINTS(double, f64)
