@@ -12,12 +12,12 @@ from N(0, 1) pixels (seeded).
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 import torch
+
+from glimpse.bench.timing import median_seconds, torch_threads
 
 __all__ = ["GA_SHAPES", "QUICK_SHAPES", "run"]
 
@@ -25,16 +25,6 @@ __all__ = ["GA_SHAPES", "QUICK_SHAPES", "run"]
 GA_SHAPES = (("slim P2, 256x256", 4, 64, 64, 64), ("slim P3, 256x256", 4, 64, 32, 32),
              ("R-50 P4, 800x1216", 1, 256, 50, 76), ("R-50 P3, 800x1216", 1, 256, 100, 152))
 QUICK_SHAPES = (("tiny", 1, 8, 12, 10),)
-
-
-def _median_ms(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def run(shapes: Sequence[tuple[str, int, int, int, int]] = GA_SHAPES, *, repeats: int = 3,
@@ -51,10 +41,8 @@ def run(shapes: Sequence[tuple[str, int, int, int, int]] = GA_SHAPES, *, repeats
 
     if repeats < 1 or threads < 1:
         raise ValueError(f"repeats and threads must be >= 1, got {repeats} and {threads}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     rows = []
-    try:
+    with torch_threads(threads):
         gen = torch.Generator().manual_seed(0)
         for name, b, c, h, w in shapes:
             x = torch.randn(b, c, h, w, generator=gen)
@@ -72,11 +60,9 @@ def run(shapes: Sequence[tuple[str, int, int, int, int]] = GA_SHAPES, *, repeats
                         out = fn(*ins, padding=1)
                         if backward:
                             out.sum().backward()
-                    ms[key] = _median_ms(step, repeats)
+                    ms[key] = median_seconds(step, repeats) * 1e3
                 rows.append({"shape": f"{name}: {b}x{c}x{h}x{w}", "pass": pass_,
                              "torchvision_ms": ms["torchvision"], "glimpse_ms": ms["glimpse"],
                              "speedup": ms["torchvision"] / ms["glimpse"],
                              "max_abs_diff": diff})
-    finally:
-        torch.set_num_threads(previous)
     return pd.DataFrame(rows)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from glimpse.bench.detectors import BenchCase, _interleaved
+from glimpse.bench.timing import torch_threads
 
 __all__ = ["KEPT_FRACTIONS", "MODELS", "run", "set_kept_fraction"]
 
@@ -108,10 +109,8 @@ def run(backbones: Sequence[str] = ("slim", "r50"), kept: Sequence[float] = KEPT
         raise ValueError(f"backbones: unknown {unknown}; choose from {sorted(MODELS)}")
     if repeats < 1 or threads < 1:
         raise ValueError(f"repeats and threads must be >= 1, got {repeats} and {threads}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     rows = []
-    try:
+    with torch_threads(threads):
         for key in backbones:
             rpn_name, ga_name, h, w = MODELS[key]
             if quick and key == "r50":
@@ -136,6 +135,4 @@ def run(backbones: Sequence[str] = ("slim", "r50"), kept: Sequence[float] = KEPT
                              "ga_rpn_proposals": len(case.glimpse_fn()[0]["boxes"])})
                 print(f"{key:5s} kept {measured:5.3f}  RPN {rpn_s:7.3f}s  GA-RPN {ga_s:7.3f}s  "
                       f"ratio {ga_s / rpn_s:5.2f}", flush=True)
-    finally:
-        torch.set_num_threads(previous)
     return pd.DataFrame(rows)

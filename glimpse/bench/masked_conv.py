@@ -16,12 +16,12 @@ the dense path (:data:`glimpse.ops.masked_conv.DENSE_ABOVE_DENSITY`).
 from __future__ import annotations
 
 import math
-import statistics
-import time
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
+
+from glimpse.bench.timing import median_seconds, torch_threads
 
 __all__ = ["DENSITIES", "GA_RPN_LEVELS", "QUICK_LEVELS", "break_even", "run"]
 
@@ -30,16 +30,6 @@ DENSITIES = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 GA_RPN_LEVELS = (("P2", 200, 304), ("P3", 100, 152), ("P4", 50, 76), ("P5", 25, 38),
                  ("P6", 13, 19))
 QUICK_LEVELS = (("P5", 25, 38),)
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.no_grad()
@@ -60,9 +50,7 @@ def run(levels=GA_RPN_LEVELS, densities=DENSITIES, channels: int = 256, kernel: 
         raise ValueError(f"repeats and threads must be >= 1, got {repeats} and {threads}")
     if any(not 0 < d <= 1 for d in densities):
         raise ValueError(f"densities must lie in (0, 1], got {densities}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         gen = torch.Generator().manual_seed(0)
         weight = torch.randn(channels, channels, kernel, kernel, generator=gen) * 0.01
         bias = torch.randn(channels, generator=gen)
@@ -71,17 +59,17 @@ def run(levels=GA_RPN_LEVELS, densities=DENSITIES, channels: int = 256, kernel: 
         rows = []
         for name, h, w in levels:
             x = torch.randn(1, channels, h, w, generator=gen)
-            dense = _median_seconds(lambda: F.conv2d(x, weight, bias, padding=pad), repeats)
+            dense = median_seconds(lambda: F.conv2d(x, weight, bias, padding=pad), repeats)
             for density in densities:
                 kept = max(1, round(density * h * w))
                 mask = torch.zeros(h * w, dtype=torch.bool)
                 mask[torch.randperm(h * w, generator=gen)[:kept]] = True
                 mask = mask.view(1, h, w)
-                masked = _median_seconds(lambda: masked_conv2d(x, mask, weight, bias, pad),
-                                         repeats)
+                masked = median_seconds(lambda: masked_conv2d(x, mask, weight, bias, pad),
+                                        repeats)
                 kernel_s = math.nan
                 if compiled:
-                    kernel_s = _median_seconds(lambda: torch.ops.glimpse.masked_conv2d(
+                    kernel_s = median_seconds(lambda: torch.ops.glimpse.masked_conv2d(
                         x, mask, weight, bias, [pad, pad]), repeats)
                 path = ("reference" if not compiled
                         else "dense" if kept > DENSE_ABOVE_DENSITY * h * w else "kernel")
@@ -91,8 +79,6 @@ def run(levels=GA_RPN_LEVELS, densities=DENSITIES, channels: int = 256, kernel: 
                              "ratio": masked / dense, "kernel_ratio": kernel_s / dense,
                              "ideal": kept / (h * w),
                              "ratio_over_ideal": masked / dense / (kept / (h * w))})
-    finally:
-        torch.set_num_threads(previous)
     return pd.DataFrame(rows)
 
 
