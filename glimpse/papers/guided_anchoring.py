@@ -11,10 +11,10 @@ Three tables, paper value beside the measured one (with profile and seeds on eve
   Faster AP and (when run) GA-Fast vs Fast AP, paired by seed
   (:func:`glimpse.papers.runner.compare_paired`).
 
-The Fast R-CNN pair (``GAConfig.fast_rcnn``, on at ``cpu``) trains one Fast R-CNN per seed on
-the proposals of that seed's RPN and one on GA-RPN's (:func:`write_run_proposals`: every
-training and validation image, written next to the RPN's run), the same detector on two
-proposal sets, as the paper compares them.
+The Fast R-CNN pair (``GAConfig.fast_rcnn``; in no committed profile yet) trains one Fast
+R-CNN per seed on the proposals of that seed's RPN and one on GA-RPN's
+(:func:`write_run_proposals`: every training and validation image, written next to the RPN's
+run), the same detector on two proposal sets, as the paper compares them.
 
 The "90% fewer anchors" claim is measured (:func:`anchor_count_table`): RPN scores
 ``A = 3`` anchors at every location, GA-RPN one anchor at each location whose location score
