@@ -3,12 +3,14 @@ MobileNetV2): one base class, each backbone saying only which modules its frozen
 
 from __future__ import annotations
 
+import abc
+
 from torch import nn
 
 __all__ = ["FrozenStagesBackbone"]
 
 
-class FrozenStagesBackbone(nn.Module):
+class FrozenStagesBackbone(nn.Module, metaclass=abc.ABCMeta):
     """Base of a backbone with frozen stages and ``norm_eval``.
 
     The modules of :meth:`frozen_modules` get ``requires_grad=False`` (the subclass calls
@@ -19,9 +21,9 @@ class FrozenStagesBackbone(nn.Module):
 
     norm_eval: bool
 
+    @abc.abstractmethod
     def frozen_modules(self) -> list[nn.Module]:
         """The modules of the frozen stages (each subclass lists its own)."""
-        raise NotImplementedError(f"{type(self).__name__} does not list its frozen modules")
 
     def freeze_stages(self) -> None:
         """Put the frozen stages in eval mode with ``requires_grad=False``."""

@@ -494,8 +494,11 @@ class _Trainer:
             shutil.copyfile(path, last_tmp)
         os.replace(last_tmp, self.work_dir / LAST_CHECKPOINT)
         if self.cfg.keep_checkpoints is not None:
-            old = sorted(ckpt_dir.glob("iter_*.pt"), key=_checkpoint_iteration)
-            for stale in old[: -self.cfg.keep_checkpoints]:
+            # never the one just written: a run started afresh in a folder that still holds a
+            # longer run's iter_<N>.pt would otherwise keep that one and lose its own
+            others = sorted((p for p in ckpt_dir.glob("iter_*.pt") if p != path),
+                            key=_checkpoint_iteration)
+            for stale in others[: max(len(others) - (self.cfg.keep_checkpoints - 1), 0)]:
                 stale.unlink()
         return path
 

@@ -182,6 +182,17 @@ def test_checkpoints_are_complete_and_last_is_a_real_file(tmp_path):
     assert not list(tmp_path.glob(".*tmp*")) and not list(tmp_path.glob("checkpoints/.*"))
 
 
+def test_a_fresh_run_keeps_its_own_checkpoint_over_a_longer_stale_one(tmp_path):
+    # a folder left by an earlier, longer run: pruning by iteration number must not keep the
+    # stale iter_1000.pt and delete the checkpoint this run just wrote
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "iter_1000.pt").write_bytes(b"an older run")
+    cfg = toy_config(max_iters=3, warmup_iters=1, keep_checkpoints=1)
+    fit(ToyNet(), ToyDataset(), cfg, tmp_path, collate_fn=toy_collate)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["iter_3.pt"]
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["iteration"] == 3
+
+
 def test_resume_from_a_middle_checkpoint_is_exact(tmp_path):
     cfg = toy_config(max_iters=20, checkpoint_every=5)
     full = ToyNet()
