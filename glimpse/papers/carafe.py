@@ -170,10 +170,13 @@ PROFILES: dict[str, CarafeExperiment] = {
     # two seeds of the paired rows (9 runs, 0.2-0.35 s per iteration). Far too short to
     # separate upsamplers: the claim table says so.
     "smoke": CarafeExperiment(profile="smoke"),
-    # CPU, synthetic shapes at 256 px: all ten upsamplers in FPN, three seeds of the pairs.
+    # CPU, synthetic shapes at 256 px: all ten upsamplers in FPN for 400 iterations of 4 images
+    # (0.7-0.9 s each on one core), three seeds of the claim pairs, the other eight upsamplers
+    # at the first seed; the mask-head pair 400 iterations (about 1.1 s each). About 2 hours of
+    # one core in all.
     "cpu": CarafeExperiment(
         profile="cpu", num_seeds=3, data="synthetic-cpu", fpn_upsamplers=tuple(UPSAMPLERS),
-        iters=1500, mask_iters=1000, batch_size=4, warmup_iters=200, image_scale=(256, 256),
+        iters=400, mask_iters=400, batch_size=4, warmup_iters=100, image_scale=(256, 256),
         max_val_images=200, work_root="results/carafe/runs/cpu"),
     # GPUs, mmdet's configs/carafe on COCO 2017 (1x: 12 epochs of 16 images, lr 0.02, R-50).
     "full": CarafeExperiment(
@@ -258,8 +261,10 @@ def _datasets(cfg: CarafeExperiment) -> tuple[Any, Any]:
             build_dataset(cfg.data, split="val", data_root=root, train=False))
 
 
-def run_experiments(cfg: CarafeExperiment, *, verbose: bool = True) -> CarafeRuns:
-    """Train and evaluate every variant of ``cfg`` through the shared runner.
+def run_experiments(cfg: CarafeExperiment, *, verbose: bool = True,
+                    only: Sequence[str] | None = None) -> CarafeRuns:
+    """Train and evaluate every variant of ``cfg`` (``only``: the variants of these names,
+    e.g. ``fpn_carafe``, ``mask_head_nearest``) through the shared runner.
 
     The claim pairs (``cfg.claim_fpn`` in FPN, every ``cfg.mask_upsamplers`` in the mask
     head) run for every seed of ``cfg.seeds``; the other ``cfg.fpn_upsamplers`` for the first
@@ -272,6 +277,13 @@ def run_experiments(cfg: CarafeExperiment, *, verbose: bool = True) -> CarafeRun
     if cfg.mask_iters:
         paired += [mask_variant(cfg, u) for u in cfg.mask_upsamplers]
     single = [fpn_variant(cfg, u) for u in cfg.fpn_upsamplers if u not in cfg.claim_fpn]
+    if only is not None:
+        known = {v.name for v in paired + single}
+        unknown = sorted(set(only) - known)
+        if unknown:
+            raise ValueError(f"only: unknown variant(s) {unknown}; known: {sorted(known)}")
+        paired = [v for v in paired if v.name in only]
+        single = [v for v in single if v.name in only]
     models: dict[str, nn.Module] = {}
 
     def keep(run: TrainedRun) -> None:
@@ -292,10 +304,12 @@ def run_experiments(cfg: CarafeExperiment, *, verbose: bool = True) -> CarafeRun
     options = dict(work_root=work_root, on_run=keep, device=cfg.device,
                    evaluate=coco_metrics(None, batch_size=4), max_eval_images=cfg.max_val_images,
                    deterministic=cfg.deterministic, reuse=bool(cfg.work_root))
-    frames = [run_variants(paired, train_set, val_set, cfg.seeds, **options)]
+    frames = [run_variants(paired, train_set, val_set, cfg.seeds, **options)] if paired else []
     if single:
         frames.append(run_variants(single, train_set, val_set, cfg.seeds[:1], **options))
-    return CarafeRuns(pd.concat(frames, ignore_index=True), models)
+    runs = pd.concat(frames, ignore_index=True) if frames else \
+        pd.DataFrame(columns=["variant", "seed"])
+    return CarafeRuns(runs, models)
 
 
 # --------------------------------------------------------------------------------------------

@@ -152,6 +152,19 @@ def test_smoke_dry_run_and_operator_figures():
         carafe.operator_state(result.models["fpn_carafe"], torch.rand(3, 100, 128))
 
 
+def test_run_experiments_only_runs_the_named_variants():
+    cfg = dataclasses.replace(carafe.resolve("smoke", device="cpu"), iters=1, mask_iters=1,
+                              max_val_images=1)
+    runs = carafe.run_experiments(cfg, verbose=False, only=["fpn_deconv"]).runs
+    assert list(zip(runs["variant"], runs["seed"])) == [("fpn_deconv", 0)]  # unpaired: seed 0
+    runs = carafe.run_experiments(cfg, verbose=False, only=["mask_head_carafe"]).runs
+    assert list(zip(runs["variant"], runs["seed"])) == [("mask_head_carafe", 0),
+                                                        ("mask_head_carafe", 1)]
+    assert carafe.run_experiments(cfg, verbose=False, only=[]).runs.empty
+    with pytest.raises(ValueError, match=r"unknown variant\(s\) \['fpn_dysample'\]"):
+        carafe.run_experiments(cfg, only=["fpn_dysample"])
+
+
 def test_full_profile_dry_run_builds_every_variant():
     out = carafe.dry_run(carafe.resolve("full", device="cpu", fpn_upsamplers=["nearest",
                                                                               "carafe"]),

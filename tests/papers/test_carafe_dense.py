@@ -46,6 +46,7 @@ def test_variants():
     assert by_name["upernet_carafe_ppm"].kwargs == {"ppm_upsampler": "carafe"}
     assert by_name["upernet_carafe"].model == "upernet_slim_carafe"
     assert not by_name["pspnet"].paired and by_name["pconv_carafe"].paired
+    assert not by_name["global_local"].paired and not by_name["global_local_carafe"].paired
     # Global&Local trains and is evaluated on box holes, Partial Conv on free-form ones
     assert zoo.inpainter_mask_kind("global_local_slim_carafe") == "box"
     assert zoo.inpainter_mask_kind("pconv") == "free_form"
