@@ -204,8 +204,8 @@ def variants(cfg: DenseExperiment) -> list[DenseVariant]:
     the position ablation (first seed).
 
     Global&Local's pair is the dearest (1.7 s per iteration for both at ``cpu``, three
-    discriminator and generator phases), so it runs one seed: its claim-table rows say "not a
-    verdict" unless ``num_seeds`` is 1.
+    discriminator and generator phases), so it runs the first seed only and its claim-table
+    rows always say "not a verdict: 1 seed".
     """
     out = [DenseVariant("upernet", cfg.upernet, "segmentation", True),
            DenseVariant("upernet_carafe", f"{cfg.upernet}_carafe", "segmentation", True)]

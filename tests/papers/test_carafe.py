@@ -152,6 +152,14 @@ def test_smoke_dry_run_and_operator_figures():
         carafe.operator_state(result.models["fpn_carafe"], torch.rand(3, 100, 128))
 
 
+def test_mask_lr_sets_the_mask_rcnn_runs_lr_only():
+    cpu = carafe.resolve("cpu", device="cpu")
+    assert carafe.mask_variant(cpu, "carafe").train.lr == 0.01
+    assert carafe.fpn_variant(cpu, "carafe").train.lr == 0.02
+    smoke = carafe.resolve("smoke", device="cpu")  # mask_lr None: the shared lr
+    assert carafe.mask_variant(smoke, "nearest").train.lr == smoke.lr
+
+
 def test_run_experiments_only_runs_the_named_variants():
     cfg = dataclasses.replace(carafe.resolve("smoke", device="cpu"), iters=1, mask_iters=1,
                               max_val_images=1)
